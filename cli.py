@@ -1,0 +1,196 @@
+"""The `janus` command line: parse, build a config, call one library function, print a summary."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from janus_data.errors import JanusError
+from janus_data.progress import console
+
+app = typer.Typer(
+    name="janus",
+    help="Janus-Pro-R1 data pipeline and trainer: synthesize, judge, filter, SFT, GRPO.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Data stages: synth -> score -> filter.", no_args_is_help=True)
+models_app = typer.Typer(help="Model utilities (tiny random models for tests and the demo).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Shared option aliases.
+RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (created if missing).")]
+ConfigOpt = Annotated[
+    str, typer.Option("--config", "-c", help="Preset name (tiny, paper) or a YAML file over the typed configs.")
+]
+RankOpt = Annotated[int | None, typer.Option(help="This process's rank [default: RANK or SLURM_PROCID, else 0].")]
+WorldOpt = Annotated[
+    int | None, typer.Option(help="Number of processes [default: WORLD_SIZE or SLURM_NTASKS, else 1].")
+]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import diffusers
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def user_errors(fn: F) -> F:
+    """Print JanusError as one line and exit 2; JANUS_DEBUG=1 shows the traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = bool(os.environ.get("JANUS_DEBUG"))
+        try:
+            return fn(*args, **kwargs)
+        except JanusError as err:
+            if debug:
+                raise
+            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted:[/] finished batches are kept; rerun the same command to resume")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as err:  # last line of defence: one line, not a traceback
+            if debug:
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            console.print(
+                f"[bold red]error:[/] {type(err).__name__}: {first} (rerun with JANUS_DEBUG=1 for the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _synth_overrides(**flags: Any) -> dict[str, Any]:
+    return {"synth": {k: v for k, v in flags.items() if v is not None}}
+
+
+@data_app.command("synth")
+@user_errors
+def synth(
+    run: RunOpt,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Prompt file: .jsonl, .txt, .parquet, .csv or a saved `datasets` directory."),
+    ] = None,
+    config: ConfigOpt = "paper",
+    images_per_prompt: Annotated[int | None, typer.Option(help="Candidates per prompt [preset: 18].")] = None,
+    flux_share: Annotated[float | None, typer.Option(help="Share drawn by FLUX [preset: 0.5].")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Stored image size in px [preset: 384].")] = None,
+    image_format: Annotated[str | None, typer.Option(help="png, jpeg or webp.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Global seed.")] = None,
+    rank: RankOpt = None,
+    world_size: WorldOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Generate each prompt's candidate images with FLUX and Janus-Pro (resumable, shardable).
+
+    Example: janus data synth --prompts manifests/demo_prompts.jsonl --run runs/demo --config tiny
+    """
+    _quiet_libraries()
+    from janus_data.config import load_config
+    from janus_data.dist import resolve_shard
+    from janus_data.summaries import synth_headline, synth_table
+    from janus_data.synth import run_synth
+
+    cfg = load_config(
+        config,
+        _synth_overrides(
+            images_per_prompt=images_per_prompt,
+            flux_share=flux_share,
+            image_size=image_size,
+            image_format=image_format,
+            seed=seed,
+        ),
+    )
+    shard = resolve_shard(rank, world_size)
+    result = run_synth(run, cfg, prompts, shard, progress=None if progress else False)
+    headline = synth_headline(result)
+    if headline:
+        console.print(headline, highlight=False)
+    console.print(synth_table(result))
+
+
+@models_app.command("tiny")
+@user_errors
+def models_tiny(
+    name: Annotated[str, typer.Argument(help="janus, flux or internvl.")],
+    out: Annotated[Path | None, typer.Option(help="Directory to save to [default: the tiny-model cache].")] = None,
+    seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
+) -> None:
+    """Build a tiny random model from the real config classes and save it with save_pretrained.
+
+    Example: janus models tiny janus --out /tmp/tiny-janus
+    """
+    _quiet_libraries()
+    from janus_data import models
+
+    if out is None:
+        path = models.tiny_model_path(name)
+    else:
+        builders = models._tiny_builders()
+        if name not in builders:
+            raise JanusError(f"unknown tiny model '{name}'", hint=f"choose from {', '.join(sorted(builders))}")
+        path = builders[name](out) if seed == 0 else builders[name](out, seed)
+    console.print(f"tiny {name}: {path}")
+
+
+@app.command("demo")
+@user_errors
+def demo(
+    run: Annotated[Path, typer.Option("--run", help="Run directory for the demo.")] = Path("runs/demo"),
+    progress: ProgressOpt = True,
+) -> None:
+    """Run the pipeline on the bundled prompts with tiny random models, on CPU.
+
+    Tiny random models demonstrate the mechanics, not image quality.
+    Example: janus demo --run runs/demo
+    """
+    _quiet_libraries()
+    from janus_data.config import PROJECT_ROOT, load_config
+    from janus_data.summaries import synth_headline, synth_table
+    from janus_data.synth import run_synth
+
+    prompts = PROJECT_ROOT / "manifests" / "demo_prompts.jsonl"
+    console.print("[bold]janus demo[/]: tiny random models on CPU — they demonstrate the mechanics, not image quality.")
+    result = run_synth(run, load_config("tiny"), prompts, progress=None if progress else False)
+    headline = synth_headline(result)
+    if headline:
+        console.print(headline, highlight=False)
+    console.print(synth_table(result))
+    console.print(
+        f'demo run: {run.resolve()}  (inspect: python -c "import polars as pl; '
+        f"print(pl.scan_parquet('{run}/manifests/images/**/*.parquet').collect())\")",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

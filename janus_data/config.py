@@ -1,0 +1,270 @@
+"""Typed, frozen configs: the truth. YAML presets and CLI flags only override them.
+
+A preset is a YAML serialisation of `JanusRunConfig`; unknown keys are errors, and every
+cross-field check lives in `validate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from janus_data.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PRESET_DIR = PROJECT_ROOT / "configs"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how models run."""
+
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'."""
+    dtype: str = "auto"
+    """'auto' (bf16 on GPU, fp32 on CPU), 'float32', 'bfloat16' or 'float16'."""
+    trust_remote_code: bool = False
+    """Allow checkpoints that ship their own modelling code. Off unless you trust the source."""
+
+
+@dataclass(frozen=True)
+class JanusGenConfig:
+    """Janus-Pro image generation (reference semantics: PAPER.md, 'sequence format')."""
+
+    model: str = "deepseek-community/Janus-Pro-7B"
+    """Checkpoint: a local directory saved with save_pretrained, a hub id, or 'tiny:janus'."""
+    cfg_weight: float = 5.0
+    """Classifier-free guidance w: logits = uncond + w * (cond - uncond)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy (argmax)."""
+    top_k: int = 0
+    """Keep the k most likely image tokens (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass (1.0 = off)."""
+    batch_size: int = 16
+    """Images per forward batch (each image is a conditional and an unconditional row)."""
+
+
+@dataclass(frozen=True)
+class FluxGenConfig:
+    """FLUX text-to-image through diffusers' FluxPipeline."""
+
+    model: str = "black-forest-labs/FLUX.1-dev"
+    """Checkpoint: a local diffusers directory, a hub id, or 'tiny:flux'."""
+    height: int = 1024
+    """Generation height in pixels (resized to synth.image_size when stored)."""
+    width: int = 1024
+    """Generation width in pixels."""
+    num_inference_steps: int = 28
+    """Denoising steps."""
+    guidance_scale: float = 3.5
+    """FLUX.1-dev distilled guidance."""
+    max_sequence_length: int = 512
+    """T5 prompt length."""
+    batch_size: int = 4
+    """Images per pipeline call."""
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """`janus data synth`: candidate images per prompt from FLUX and Janus-Pro."""
+
+    images_per_prompt: int = 18
+    """Candidates per prompt, split between the generators by flux_share."""
+    flux_share: float = 0.5
+    """Share of each prompt's candidates drawn by FLUX (rounded to the nearest image)."""
+    image_size: int = 384
+    """Stored image size in pixels (square); Janus-Pro's native size is 384."""
+    image_format: Literal["png", "jpeg", "webp"] = "png"
+    """Encoding of the stored image bytes."""
+    jpeg_quality: int = 95
+    """Quality for jpeg and webp."""
+    seed: int = 0
+    """Global seed: every image's seed derives from (seed, prompt_id, generator, index)."""
+    generators: tuple[str, ...] = ("flux", "janus")
+    """Generators to run, in order."""
+    janus: JanusGenConfig = field(default_factory=JanusGenConfig)
+    flux: FluxGenConfig = field(default_factory=FluxGenConfig)
+
+
+@dataclass(frozen=True)
+class JanusRunConfig:
+    """One run of the pipeline: every stage's settings."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys and wrong types."""
+    if data is None:
+        return cls()
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{path or 'root'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown config key '{where}{unknown[0]}'",
+            hint=f"valid keys under '{path or 'root'}': {', '.join(sorted(known))}",
+        )
+    kwargs = {name: _coerce(hints[name], value, f"{path}.{name}" if path else name) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if is_dataclass(tp):
+        return from_dict(tp, value, path)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"config key '{path}' must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_coerce(item, v, path) for v in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"config key '{path}' must be {tp.__name__}, got {value!r}")
+    return value
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of a config (tuples as lists), for YAML."""
+    out = dataclasses.asdict(cfg)
+
+    def fix(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [fix(v) for v in x]
+        return x
+
+    return fix(out)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursively merge `override` into a copy of `base`."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}", hint="pass an existing YAML file or a preset name")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JanusRunConfig:
+    """Resolve a preset name or YAML path (default: 'paper'), apply overrides, validate."""
+    source = source or "paper"
+    path = Path(source)
+    if not path.suffix and not path.exists():
+        if source not in preset_names():
+            raise ConfigError(f"unknown preset '{source}'", hint=f"presets: {', '.join(preset_names())}")
+        path = PRESET_DIR / f"{source}.yaml"
+    data = read_yaml(path)
+    data.pop("preset", None)
+    data = deep_merge(data, overrides or {})
+    cfg = from_dict(JanusRunConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def with_overrides(cfg: JanusRunConfig, overrides: dict[str, Any]) -> JanusRunConfig:
+    """Apply nested overrides to a resolved config and validate again."""
+    cfg = from_dict(JanusRunConfig, deep_merge(to_dict(cfg), overrides))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: JanusRunConfig) -> None:
+    """Cross-field checks, all in one place."""
+    s = cfg.synth
+    if s.images_per_prompt < 1:
+        raise ConfigError("synth.images_per_prompt must be >= 1")
+    if not 0.0 <= s.flux_share <= 1.0:
+        raise ConfigError(f"synth.flux_share must lie in [0, 1], got {s.flux_share}")
+    if s.image_size < 8:
+        raise ConfigError(f"synth.image_size must be >= 8, got {s.image_size}")
+    unknown = [g for g in s.generators if g not in ("flux", "janus")]
+    if unknown or not s.generators:
+        raise ConfigError(f"synth.generators must be a non-empty subset of [flux, janus], got {list(s.generators)}")
+    if s.janus.batch_size < 1 or s.flux.batch_size < 1:
+        raise ConfigError("synth.janus.batch_size and synth.flux.batch_size must be >= 1")
+    if s.janus.temperature < 0:
+        raise ConfigError("synth.janus.temperature must be >= 0 (0 = greedy)")
+    if not 0.0 < s.janus.top_p <= 1.0:
+        raise ConfigError(f"synth.janus.top_p must lie in (0, 1], got {s.janus.top_p}")
+    if s.janus.top_k < 0:
+        raise ConfigError("synth.janus.top_k must be >= 0 (0 = off)")
+    if s.flux.height % 16 or s.flux.width % 16:
+        raise ConfigError("synth.flux.height and width must be multiples of 16")
+    if not 1 <= s.jpeg_quality <= 100:
+        raise ConfigError("synth.jpeg_quality must lie in [1, 100]")
+
+
+def split_counts(cfg: SynthConfig) -> dict[str, int]:
+    """Images per prompt for each enabled generator: flux gets round(n * flux_share)."""
+    n = cfg.images_per_prompt
+    if cfg.generators == ("flux",) or list(cfg.generators) == ["flux"]:
+        return {"flux": n}
+    if list(cfg.generators) == ["janus"]:
+        return {"janus": n}
+    n_flux = round(n * cfg.flux_share)
+    return {"flux": n_flux, "janus": n - n_flux}
+
+
+__all__ = [
+    "FluxGenConfig",
+    "JanusGenConfig",
+    "JanusRunConfig",
+    "RuntimeConfig",
+    "SynthConfig",
+    "from_dict",
+    "load_config",
+    "replace",
+    "split_counts",
+    "to_dict",
+    "validate",
+    "with_overrides",
+]

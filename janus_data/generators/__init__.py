@@ -1,0 +1,1 @@
+"""Image generators: FLUX through diffusers, Janus-Pro through the project's own loop."""

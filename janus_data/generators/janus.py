@@ -1,0 +1,113 @@
+"""Janus-Pro as an image generator: load a transformers checkpoint, format prompts, decode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, JanusForConditionalGeneration
+
+from janus_data.config import JanusGenConfig
+from janus_data.errors import ModelError
+from janus_data.generators.janus_loop import decode_image_tokens, generate_image_tokens
+from janus_data.generators.sampling import SamplerParams
+from janus_data.models import resolve_model
+
+BOI = "<begin_of_image>"
+
+
+def generation_prompt(prompt: str) -> str:
+    """The DeepSeek chat turn Janus-Pro draws from (empty system prompt), before <begin_of_image>."""
+    return f"<|User|>: {prompt}\n\n<|Assistant|>:"
+
+
+def load_janus(ref: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
+    """Load a transformers-format Janus-Pro checkpoint and its tokenizer, or raise ModelError."""
+    path = resolve_model(ref)
+    try:
+        model = JanusForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(
+            f"cannot load Janus-Pro checkpoint '{ref}': {first}",
+            hint="use a transformers-format checkpoint such as deepseek-community/Janus-Pro-7B (safetensors)",
+        ) from None
+    return model.to(device).eval(), tokenizer
+
+
+class JanusGenerator:
+    """Janus-Pro text-to-image through the project's generation loop."""
+
+    name = "janus"
+
+    def __init__(self, cfg: JanusGenConfig, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
+        self.cfg = cfg
+        self.model_id = cfg.model
+        self.device = device
+        self.model, self.tokenizer = load_janus(cfg.model, device, dtype, trust_remote_code)
+        vision = self.model.config.vision_config
+        self.num_image_tokens = vision.num_image_tokens
+        self.image_size = vision.image_size
+        tok = self.tokenizer
+        self.bos_id = tok.bos_token_id
+        self.pad_id = tok.pad_token_id
+        self.boi_id = tok.convert_tokens_to_ids(BOI)
+        if None in (self.bos_id, self.pad_id) or self.boi_id == tok.unk_token_id:
+            raise ModelError(
+                f"tokenizer of '{cfg.model}' lacks BOS, pad or {BOI}", hint="use the checkpoint's tokenizer"
+            )
+        self.sampler = SamplerParams(cfg.cfg_weight, cfg.temperature, cfg.top_k, cfg.top_p)
+
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ids ending in <begin_of_image>: B prompts -> (B, L) ids, (B, L) mask."""
+        # split_special_tokens: a prompt that spells "<begin_of_image>" stays text, not a control token.
+        rows = [
+            [*self.tokenizer(generation_prompt(p), split_special_tokens=True).input_ids, self.boi_id] for p in prompts
+        ]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def generate_tokens(self, prompts: list[str], seeds: list[int], want_logprobs: bool = False):
+        """B prompts and seeds -> (B, N) image tokens (and (B, N) logprobs on request)."""
+        ids, mask = self.encode_prompts(prompts)
+        return generate_image_tokens(
+            self.model,
+            ids,
+            mask,
+            torch.tensor(seeds, dtype=torch.int64),
+            self.sampler,
+            self.num_image_tokens,
+            bos_id=self.bos_id,
+            boi_id=self.boi_id,
+            pad_id=self.pad_id,
+            want_logprobs=want_logprobs,
+        )
+
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        """(B, N) image tokens -> (B, H, W, 3) uint8."""
+        return decode_image_tokens(self.model, tokens).cpu().numpy()
+
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[Image.Image]:
+        """One RGB image per prompt at the model's native size."""
+        tokens, _ = self.generate_tokens(prompts, seeds)
+        return [Image.fromarray(a) for a in self.decode(tokens)]
+
+    def params(self) -> dict[str, Any]:
+        """Generation params recorded in the image manifest."""
+        return {
+            "cfg_weight": self.cfg.cfg_weight,
+            "temperature": self.cfg.temperature,
+            "top_k": self.cfg.top_k,
+            "top_p": self.cfg.top_p,
+            "num_image_tokens": self.num_image_tokens,
+        }

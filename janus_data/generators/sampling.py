@@ -1,0 +1,122 @@
+"""The image-token sampling step: CFG mix -> top-k -> softmax(logits / T) -> top-p -> sample.
+
+Randomness is counter-based: the uniform for (row seed, step, token) is a fixed integer
+hash, so a row's tokens depend only on its own seed and never on its batch neighbours,
+and a fused kernel can reproduce the exact same numbers (issue #6). Sampling is
+Gumbel-max over the masked, tempered CFG logits: exact sampling from the same
+distribution the reference code draws from with torch.multinomial.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    """Sampling settings; temperature 0 means greedy."""
+
+    cfg_weight: float = 5.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+def _mul32(a: torch.Tensor, b: int) -> torch.Tensor:
+    """(a * b) mod 2**32 for int64 `a` in [0, 2**32) without int64 overflow."""
+    lo, hi = b & 0xFFFF, b >> 16
+    return (a * lo + (((a * hi) & 0xFFFF) << 16)) & _MASK32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (lowbias32) on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def row_keys(seeds: torch.Tensor, step: int) -> torch.Tensor:
+    """Per-row 32-bit keys for one decode step: (B,) int64 seeds -> (B,) int64 keys."""
+    seeds = seeds.to(torch.int64)
+    lo = seeds & _MASK32
+    hi = (seeds >> 32) & _MASK32
+    key = mix32(lo ^ mix32(hi ^ 0x85EBCA6B))
+    return mix32(key ^ mix32(torch.full_like(key, (step * _GOLDEN + 0x27D4EB2F) & _MASK32)))
+
+
+def counter_uniform(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Uniforms in (0, 1), exactly representable in fp32: (B,) seeds -> (B, vocab)."""
+    keys = row_keys(seeds, step)
+    idx = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
+    bits = mix32((keys[:, None] + _mul32(idx, _GOLDEN)[None, :]) & _MASK32)
+    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg_weight: float) -> torch.Tensor:
+    """uncond + w * (cond - uncond) in fp32: (B, V), (B, V) -> (B, V)."""
+    cond, uncond = cond.float(), uncond.float()
+    return uncond + cfg_weight * (cond - uncond)
+
+
+def masked_scaled_logits(logits: torch.Tensor, params: SamplerParams) -> torch.Tensor:
+    """Apply top-k, temperature and top-p; masked tokens become -inf: (B, V) -> (B, V)."""
+    if params.top_k > 0 and params.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    scaled = logits / params.temperature
+    if params.top_p < 1.0:
+        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the mass strictly before it already reaches top_p (keeps >= 1).
+        drop_sorted = (torch.cumsum(probs, dim=-1) - probs) >= params.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        scaled = scaled.masked_fill(drop, float("-inf"))
+    return scaled
+
+
+def sample_reference(
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    seeds: torch.Tensor,
+    step: int,
+    params: SamplerParams,
+    want_logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Plain torch sampler: (B, V) cond/uncond logits, (B,) seeds -> (B,) tokens, (B,) logprobs.
+
+    The log-probability is of the sampled token under the distribution sampled from
+    (CFG logits, top-k, temperature, top-p); greedy reports it under softmax(CFG logits).
+    """
+    logits = cfg_logits(cond, uncond, params.cfg_weight)
+    if params.temperature == 0:
+        tokens = torch.argmax(logits, dim=-1)
+        scaled = logits
+    else:
+        scaled = masked_scaled_logits(logits, params)
+        gumbel = -torch.log(-torch.log(counter_uniform(seeds, step, logits.shape[-1])))
+        tokens = torch.argmax(scaled + gumbel, dim=-1)
+    logprobs = None
+    if want_logprobs:
+        logprobs = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+    return tokens, logprobs
+
+
+Sampler = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def get_sampler(device: torch.device, override: str | None = None) -> Sampler:
+    """The one dispatch point: JANUS_SAMPLER=reference|kernel, else the best for `device`."""
+    choice = override or os.environ.get("JANUS_SAMPLER", "auto")
+    if choice not in ("auto", "reference", "kernel"):
+        raise ValueError(f"JANUS_SAMPLER must be auto, reference or kernel, got {choice!r}")
+    # The fused Triton kernel (issue #6) plugs in here; until then every device uses the reference.
+    return sample_reference

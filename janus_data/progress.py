@@ -1,0 +1,52 @@
+"""Rich progress bars with throughput, shared by every stage."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+console = Console(stderr=True)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second, with the task's unit (e.g. 'img/s')."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "it")
+        if speed is None:
+            return Text(f"-- {unit}/s", style="progress.data.speed")
+        return Text(f"{speed:,.2f} {unit}/s", style="progress.data.speed")
+
+
+def progress_enabled() -> bool:
+    """Bars on a terminal unless JANUS_NO_PROGRESS is set."""
+    return sys.stderr.isatty() and not os.environ.get("JANUS_NO_PROGRESS")
+
+
+def stage_progress(enabled: bool | None = None) -> Progress:
+    """A progress display with rate and ETA; silent when disabled (tests, logs)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not (progress_enabled() if enabled is None else enabled),
+        transient=False,
+    )

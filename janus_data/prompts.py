@@ -1,0 +1,345 @@
+"""Prompt sets: load JSONL/TXT/Parquet/CSV/`datasets` sources, normalise, dedupe, write the manifest.
+
+A prompt's id is a hash of its normalised text, so the same prompt gets the same id whatever
+file or format it came from, and every later record (image, score, sample) joins on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from janus_data.errors import PromptError
+from janus_data.manifest import manifest_dir, read_manifest, write_parquet_atomic
+
+PROMPTS_KIND = "prompts"
+PROMPTS_FILE = "prompts.parquet"
+
+PROMPT_SCHEMA: dict[str, pl.DataType] = {
+    "prompt_id": pl.String(),
+    "prompt": pl.String(),
+    "source": pl.String(),
+    "source_id": pl.String(),
+    "tags": pl.List(pl.String()),
+    "n_occurrences": pl.Int32(),
+}
+
+_JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+_CSV_SEPARATORS = {".csv": ",", ".tsv": "\t"}
+_CSV_TAG_SPLIT = re.compile(r"[,;]")
+_MAX_ERROR_CHARS = 200
+
+# One raw row before normalisation: (prompt text or None, user id or None, tags).
+_Row = tuple[Any, Any, Any]
+
+
+@dataclass(frozen=True)
+class PromptStats:
+    """Counts from one `load_prompts` call; unique = rows_read - empty_dropped - duplicates_merged."""
+
+    rows_read: int
+    empty_dropped: int
+    duplicates_merged: int
+    unique: int
+
+
+def normalise_prompt(text: str) -> str:
+    """Unicode NFC, every whitespace run (newlines and tabs included) to one space, stripped."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def prompt_id_for(text: str) -> str:
+    """Stable id of the normalised text: the first 16 hex chars of its UTF-8 sha256."""
+    return _hash(normalise_prompt(text))
+
+
+def _hash(normalised: str) -> str:
+    return hashlib.sha256(normalised.encode("utf-8")).hexdigest()[:16]
+
+
+def load_prompts(path: str | Path) -> tuple[pl.DataFrame, PromptStats]:
+    """Read a prompt source into PROMPT_SCHEMA rows, one per unique prompt, in first-seen order."""
+    source = str(path)
+    p = Path(path)
+    if p.is_dir():
+        rows = _dataset_rows(p, source)
+    elif not p.exists():
+        raise PromptError(
+            f"prompt file not found: {source}",
+            hint="check the path; relative paths start from the current directory",
+        )
+    else:
+        suffix = p.suffix.lower()
+        if suffix in _JSONL_SUFFIXES:
+            rows = _jsonl_rows(_read_text(p, source), source)
+        elif suffix == ".parquet":
+            rows = _frame_rows(_read_parquet(p, source), source, split_str_tags=False)
+        elif suffix in _CSV_SEPARATORS:
+            rows = _frame_rows(_read_csv(p, source, _CSV_SEPARATORS[suffix]), source, split_str_tags=True)
+        else:
+            rows = ((line, None, None) for line in _lines(_read_text(p, source)))
+    return _merge_rows(rows, source)
+
+
+def _merge_rows(rows: Iterable[_Row], source: str) -> tuple[pl.DataFrame, PromptStats]:
+    """Normalise, drop empties, merge duplicates by prompt_id keeping first-seen order."""
+    index: dict[str, int] = {}  # normalised text -> row, so duplicates are never rehashed
+    texts: list[str] = []
+    ids: list[str | None] = []
+    tags: list[set[str]] = []
+    counts: list[int] = []
+    n_rows = n_empty = 0
+    for text, source_id, row_tags in rows:
+        n_rows += 1
+        norm = normalise_prompt(text) if text is not None else ""
+        if not norm:
+            n_empty += 1
+            continue
+        i = index.get(norm)
+        if i is None:
+            index[norm] = len(texts)
+            texts.append(norm)
+            ids.append(source_id)
+            tags.append(set(row_tags or ()))
+            counts.append(1)
+        else:
+            counts[i] += 1
+            tags[i].update(row_tags or ())
+            if ids[i] is None:
+                ids[i] = source_id
+    if not texts:
+        detail = "it is empty" if n_rows == 0 else f"all {n_rows} rows are blank after whitespace normalisation"
+        raise PromptError(f"{source} holds no prompts", hint=f"{detail}; add at least one non-empty prompt")
+    df = pl.DataFrame(
+        {
+            "prompt_id": [_hash(t) for t in texts],
+            "prompt": texts,
+            "source": [source] * len(texts),
+            "source_id": ids,
+            "tags": [sorted(t) for t in tags],
+            "n_occurrences": counts,
+        },
+        schema=PROMPT_SCHEMA,
+    )
+    n_dup = n_rows - n_empty - len(texts)
+    return df, PromptStats(rows_read=n_rows, empty_dropped=n_empty, duplicates_merged=n_dup, unique=len(texts))
+
+
+def _read_bytes(path: Path, source: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise PromptError(
+            f"cannot read prompt file {source}: {err.strerror or err}",
+            hint="check the file's permissions",
+        ) from None
+
+
+def _decode_utf8(data: bytes, source: str) -> str:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise PromptError(
+            f"{source} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}, line {line})",
+            hint=f"re-encode it, e.g. iconv -f latin1 -t utf-8 {source} > fixed{Path(source).suffix}",
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _read_text(path: Path, source: str) -> str:
+    return _decode_utf8(_read_bytes(path, source), source)
+
+
+def _lines(text: str) -> list[str]:
+    """Split on \\n, \\r\\n or \\r only (not U+2028 and friends, which may sit inside a prompt)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not open an empty one
+    return lines
+
+
+def _jsonl_rows(text: str, source: str) -> Iterator[_Row]:
+    """One row per non-blank JSON Lines line; errors name the 1-based line number."""
+    example = 'write one object per line, e.g. {"prompt": "a red cube", "id": "p1", "tags": ["color"]}'
+    for n, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PromptError(
+                f"{source}: line {n} is not valid JSON ({err.msg} at column {err.colno})", hint=example
+            ) from None
+        if not isinstance(obj, dict):
+            raise PromptError(f"{source}: line {n} is not a JSON object", hint=example)
+        prompt = obj.get("prompt")
+        if not isinstance(prompt, str):
+            raise PromptError(f"{source}: line {n} has no 'prompt' string", hint=example)
+        raw_id = obj.get("id")
+        if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, (str, int))):
+            raise PromptError(f"{source}: line {n} has an 'id' that is not a string or integer", hint=example)
+        tags = _clean_tags(obj.get("tags"), split_str=False)
+        if tags is None:
+            raise PromptError(f"{source}: line {n} has 'tags' that are not a string or a list of strings", hint=example)
+        yield prompt, None if raw_id is None else str(raw_id), tags
+
+
+def _clean_tags(value: Any, split_str: bool) -> list[str] | None:
+    """Tags as a list of stripped, non-empty strings; None when `value` has the wrong type."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parts = _CSV_TAG_SPLIT.split(value) if split_str else [value]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) or v is None for v in value):
+        parts = [v for v in value if v is not None]
+    else:
+        return None
+    return [t for t in (p.strip() for p in parts) if t]
+
+
+def _one_line(err: Exception) -> str:
+    """A library error as one short line (polars errors span many lines of advice)."""
+    msg = str(err)
+    if "Original error:" in msg:
+        msg = msg.split("Original error:", 1)[1]
+    msg = " ".join(msg.replace("`", "").split())
+    return msg if len(msg) <= _MAX_ERROR_CHARS else msg[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _read_parquet(path: Path, source: str) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(path)
+    except Exception as err:
+        raise PromptError(
+            f"cannot read {source} as Parquet: {_one_line(err)}",
+            hint="check that it is a whole Parquet file (a copy cut short cannot be read)",
+        ) from None
+
+
+def _read_csv(path: Path, source: str, separator: str) -> pl.DataFrame:
+    data = _read_bytes(path, source)
+    _decode_utf8(data, source)  # the same clear message as for text files, before polars sees it
+    if not data.strip():
+        raise PromptError(f"{source} holds no prompts", hint="it is empty; add a 'prompt' header and rows")
+    try:
+        return pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False)
+    except Exception as err:
+        kind = "TSV" if separator == "\t" else "CSV"
+        raise PromptError(
+            f"cannot read {source} as {kind}: {_one_line(err)}",
+            hint='quote fields that hold the separator or a newline with double quotes ("a, b")',
+        ) from None
+
+
+def _require_prompt_column(columns: list[str], source: str, rename_hint: str = "") -> None:
+    if "prompt" not in columns:
+        present = ", ".join(repr(c) for c in columns) or "none"
+        raise PromptError(
+            f"{source} has no 'prompt' column (columns: {present})",
+            hint=rename_hint
+            or "rename the column holding the text to 'prompt' (polars: df.rename({'text': 'prompt'}))",
+        )
+
+
+def _frame_rows(df: pl.DataFrame, source: str, split_str_tags: bool, rename_hint: str = "") -> Iterator[_Row]:
+    """Rows of a table with a 'prompt' column and optional 'id' and 'tags' columns."""
+    _require_prompt_column(df.columns, source, rename_hint)
+    if df.schema["prompt"] != pl.String:
+        raise PromptError(
+            f"column 'prompt' of {source} holds {df.schema['prompt']}, not text",
+            hint="store the prompts as strings",
+        )
+    n = df.height
+    prompts = df["prompt"].to_list()
+    ids: list[Any] = [None] * n
+    if "id" in df.columns:
+        try:
+            ids = df["id"].cast(pl.String).to_list()
+        except Exception:
+            raise PromptError(
+                f"column 'id' of {source} holds {df.schema['id']}, which cannot be read as text",
+                hint="store ids as strings or integers",
+            ) from None
+    tags: list[Any] = df["tags"].to_list() if "tags" in df.columns else [None] * n
+    for i in range(n):
+        row_tags = _clean_tags(tags[i], split_str=split_str_tags)
+        if row_tags is None:
+            raise PromptError(
+                f"column 'tags' of {source} holds {df.schema['tags']}, not strings or lists of strings",
+                hint="store tags as a list of strings per row",
+            )
+        yield prompts[i], ids[i], row_tags
+
+
+def _dataset_rows(path: Path, source: str) -> Iterator[_Row]:
+    """Rows of a directory written by `datasets` save_to_disk (a Dataset or a DatasetDict)."""
+    is_dict = (path / "dataset_dict.json").is_file()
+    is_dataset = (path / "dataset_info.json").is_file() or (path / "state.json").is_file()
+    if not (is_dict or is_dataset):
+        raise PromptError(
+            f"{source} is a directory but not a dataset saved with Hugging Face datasets",
+            hint="pass a .jsonl, .txt, .parquet or .csv file, or a directory written by Dataset.save_to_disk",
+        )
+    import datasets  # lazy: importing datasets costs about half a second
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as err:
+        raise PromptError(
+            f"cannot load {source} as a saved dataset: {_one_line(err)}",
+            hint="re-save it with Dataset.save_to_disk or DatasetDict.save_to_disk",
+        ) from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = list(loaded)
+        if "train" in loaded:
+            loaded = loaded["train"]
+        elif len(splits) == 1:
+            loaded = loaded[splits[0]]
+        else:
+            raise PromptError(
+                f"{source} holds splits {', '.join(splits)} and no 'train' split",
+                hint=f"save the split you want on its own, e.g. dd[{splits[0]!r}].save_to_disk('prompts_ds')",
+            )
+    hint = "rename the column holding the text: ds.rename_column('text', 'prompt').save_to_disk(...)"
+    _require_prompt_column(loaded.column_names, source, hint)
+    wanted = [c for c in ("prompt", "id", "tags") if c in loaded.column_names]
+    return _frame_rows(loaded.select_columns(wanted).to_polars(), source, split_str_tags=False)
+
+
+def read_prompts_manifest(run_dir: Path) -> pl.DataFrame:
+    """The run's prompts manifest; an empty PROMPT_SCHEMA frame when none was written yet."""
+    df = read_manifest(Path(run_dir), PROMPTS_KIND, PROMPT_SCHEMA)
+    return df.select(list(PROMPT_SCHEMA)).cast(PROMPT_SCHEMA)
+
+
+def write_prompts_manifest(run_dir: Path, df: pl.DataFrame) -> Path:
+    """Merge `df` into the run's prompts manifest (existing rows first) and write it atomically."""
+    existing = read_prompts_manifest(run_dir)
+    new = df.select(list(PROMPT_SCHEMA)).cast(PROMPT_SCHEMA)
+    # Existing rows keep their place and text; a prompt seen again only gains tags, and its
+    # count is the max (summing would double-count when the same file is loaded twice).
+    merged = (
+        pl.concat([existing, new], how="vertical")
+        .group_by("prompt_id", maintain_order=True)
+        .agg(
+            pl.col("prompt").first(),
+            pl.col("source").first(),
+            pl.col("source_id").drop_nulls().first(),
+            pl.col("tags").explode().drop_nulls().unique().sort(),
+            pl.col("n_occurrences").max(),
+        )
+        .select(list(PROMPT_SCHEMA))
+        .cast(PROMPT_SCHEMA)
+    )
+    path = manifest_dir(Path(run_dir), PROMPTS_KIND) / PROMPTS_FILE
+    return write_parquet_atomic(merged, path)

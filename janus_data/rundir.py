@@ -1,0 +1,23 @@
+"""The run directory: where each stage's outputs live, and the resolved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from janus_data.config import JanusRunConfig, to_dict
+from janus_data.manifest import atomic_write
+
+CONFIG_FILE = "config.yaml"
+
+
+def save_run_config(run_dir: Path, cfg: JanusRunConfig) -> Path:
+    """Write the resolved config as run_dir/config.yaml (atomically)."""
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return atomic_write(Path(run_dir) / CONFIG_FILE, lambda fh: fh.write(text.encode()))
+
+
+def rank_dir(rank: int) -> str:
+    """Per-rank subdirectory name, so ranks never write the same file."""
+    return f"rank{rank:05d}"

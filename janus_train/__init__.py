@@ -1,0 +1,1 @@
+"""janus_train: sequences, SFT and GRPO on the data janus_data produces."""

@@ -1,0 +1,44 @@
+"""Shared fixtures: one tiny-model cache per test session, offline, no progress bars."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["JANUS_NO_PROGRESS"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def janus_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Point JANUS_CACHE at a per-session directory (subprocesses inherit it)."""
+    path = tmp_path_factory.mktemp("janus-cache")
+    old = os.environ.get("JANUS_CACHE")
+    os.environ["JANUS_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("JANUS_CACHE", None)
+    else:
+        os.environ["JANUS_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_janus(janus_cache: Path) -> Path:
+    """Directory of the tiny Janus-Pro, built once per session."""
+    from janus_data.models import tiny_model_path
+
+    return tiny_model_path("janus")
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(janus_cache: Path) -> Path:
+    """Directory of the tiny FLUX pipeline, built once per session."""
+    from janus_data.models import tiny_model_path
+
+    return tiny_model_path("flux")
