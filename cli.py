@@ -12,7 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from janus_data.errors import JanusError
-from janus_data.progress import console
+from janus_data.progress import console, quiet_libraries
 
 app = typer.Typer(
     name="janus",
@@ -37,18 +37,6 @@ WorldOpt = Annotated[
     int | None, typer.Option(help="Number of processes [default: WORLD_SIZE or SLURM_NTASKS, else 1].")
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import diffusers
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    diffusers.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
 
 
 def user_errors(fn: F) -> F:
@@ -109,7 +97,7 @@ def synth(
 
     Example: janus data synth --prompts manifests/demo_prompts.jsonl --run runs/demo --config tiny
     """
-    _quiet_libraries()
+    quiet_libraries()
     from janus_data.config import load_config
     from janus_data.dist import resolve_shard
     from janus_data.summaries import synth_headline, synth_table
@@ -144,7 +132,7 @@ def models_tiny(
 
     Example: janus models tiny janus --out /tmp/tiny-janus
     """
-    _quiet_libraries()
+    quiet_libraries()
     from janus_data import models
 
     if out is None:
@@ -168,7 +156,7 @@ def demo(
     Tiny random models demonstrate the mechanics, not image quality.
     Example: janus demo --run runs/demo
     """
-    _quiet_libraries()
+    quiet_libraries()
     from janus_data.config import PROJECT_ROOT, load_config
     from janus_data.summaries import synth_headline, synth_table
     from janus_data.synth import run_synth

@@ -195,7 +195,10 @@ def preset_names() -> list[str]:
 
 
 def load_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JanusRunConfig:
-    """Resolve a preset name or YAML path (default: 'paper'), apply overrides, validate."""
+    """Resolve a preset name or YAML path (default: 'paper'), apply overrides, validate.
+
+    A YAML file may start from a preset with a top-level `preset: NAME` key.
+    """
     source = source or "paper"
     path = Path(source)
     if not path.suffix and not path.exists():
@@ -203,7 +206,11 @@ def load_config(source: str | Path | None = None, overrides: dict[str, Any] | No
             raise ConfigError(f"unknown preset '{source}'", hint=f"presets: {', '.join(preset_names())}")
         path = PRESET_DIR / f"{source}.yaml"
     data = read_yaml(path)
-    data.pop("preset", None)
+    base = data.pop("preset", None)
+    if base is not None:
+        if base not in preset_names():
+            raise ConfigError(f"{path}: unknown base preset '{base}'", hint=f"presets: {', '.join(preset_names())}")
+        data = deep_merge(read_yaml(PRESET_DIR / f"{base}.yaml"), data)
     data = deep_merge(data, overrides or {})
     cfg = from_dict(JanusRunConfig, data)
     validate(cfg)

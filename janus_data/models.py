@@ -18,7 +18,7 @@ import torch
 from janus_data.config import RuntimeConfig
 from janus_data.errors import ConfigError, ModelError
 
-TINY_VERSION = "v1"
+TINY_VERSION = "v2"
 
 
 def _tiny_builders() -> dict[str, Callable[[Path], Path]]:

@@ -29,7 +29,7 @@ from janus_data.manifest import (
     scan_manifest,
     write_parquet_atomic,
 )
-from janus_data.models import resolve_device, resolve_dtype
+from janus_data.models import resolve_device, resolve_dtype, resolve_model
 from janus_data.progress import stage_progress
 from janus_data.prompts import PromptStats, load_prompts, read_prompts_manifest, write_prompts_manifest
 from janus_data.rundir import rank_dir, save_run_config
@@ -241,7 +241,11 @@ def run_synth(
 
     plan = plan_images(prompts, scfg, shard)
     todo = plan.join(existing_image_ids(run_dir), on="image_id", how="anti").sort("generator", "prompt_id", "index")
-    factories = factories or generator_factories(cfg)
+    if factories is None:
+        # Check every checkpoint this call needs before any work, so a bad path fails in seconds.
+        for name in set(todo["generator"].unique()):
+            resolve_model(getattr(scfg, name).model)
+        factories = generator_factories(cfg)
     batch_sizes = {"flux": scfg.flux.batch_size, "janus": scfg.janus.batch_size}
     with stage_progress(progress) as bars:
         for name in scfg.generators:

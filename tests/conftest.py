@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["JANUS_NO_PROGRESS"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One math thread per test process: the suite runs several processes at once (ranks, kill
+# tests) and oversubscribed CPUs make torch 10-100x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,3 +45,11 @@ def tiny_flux(janus_cache: Path) -> Path:
     from janus_data.models import tiny_model_path
 
     return tiny_model_path("flux")
+
+
+@pytest.fixture(scope="session")
+def tiny_internvl(janus_cache: Path) -> Path:
+    """Directory of the tiny InternVL judge, built once per session."""
+    from janus_data.models import tiny_model_path
+
+    return tiny_model_path("internvl")

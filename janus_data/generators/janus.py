@@ -45,11 +45,21 @@ class JanusGenerator:
 
     name = "janus"
 
-    def __init__(self, cfg: JanusGenConfig, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        cfg: JanusGenConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        trust_remote_code: bool = False,
+        loaded: tuple[JanusForConditionalGeneration, Any] | None = None,
+    ):
+        """Load cfg.model, or wrap an already built (model, tokenizer) pair given as `loaded`."""
         self.cfg = cfg
         self.model_id = cfg.model
         self.device = device
-        self.model, self.tokenizer = load_janus(cfg.model, device, dtype, trust_remote_code)
+        if loaded is None:
+            loaded = load_janus(cfg.model, device, dtype, trust_remote_code)
+        self.model, self.tokenizer = loaded
         vision = self.model.config.vision_config
         self.num_image_tokens = vision.num_image_tokens
         self.image_size = vision.image_size

@@ -8,13 +8,16 @@ instead of 8), so height and width need only be multiples of 4 here.
 
 from __future__ import annotations
 
-import json
+import itertools
+import math
+import re
 import string
+from collections import Counter
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from janus_data.tiny.tokenizer import BASE_CORPUS
@@ -31,58 +34,77 @@ CLIP_MAX_LENGTH = 77  # CLIP's context length; FluxPipeline pads CLIP prompts to
 TEXT_DIM = 32  # hidden size of both tiny text encoders
 LATENT_CHANNELS = 4  # real FLUX VAE: 16
 
-# The CLIP tokenizer's pre-tokenizer pattern (transformers' CLIPTokenizer uses the same).
-_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
-
 
 def _corpus() -> list[str]:
     # Every printable ASCII character once, so no prompt character maps to <unk>.
     return [*BASE_CORPUS, " ".join(string.ascii_letters + string.digits + string.punctuation)] * 4
 
 
-def _train_clip_tokenizer() -> CLIPTokenizer:
-    """A byte-level BPE with CLIP's '</w>' word suffix, wrapped in transformers' CLIPTokenizer."""
-    tok = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>", unk_token=CLIP_EOS))
-    tok.normalizer = normalizers.Sequence(
-        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
-    )
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=[CLIP_BOS, CLIP_EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer)
-    model = json.loads(tok.to_str())["model"]
+def _train_clip_tokenizer(vocab_size: int = 1024) -> CLIPTokenizer:
+    """A byte-level BPE in CLIP's layout, trained offline, as transformers' CLIPTokenizer.
+
+    Vocabulary as openai/clip-vit-large-patch14 orders it: the 256 byte symbols, the same with
+    the '</w>' end-of-word suffix, one token per merge, then <|startoftext|>, <|endoftext|>.
+    The merges are learned here in plain Python with ties broken by the pair itself, because
+    tokenizers' BpeTrainer with an end-of-word suffix numbers the suffixed symbols in hash
+    order and so breaks ties differently from run to run.
+    """
+    clip = CLIPTokenizer()  # an empty vocabulary; only its normalizer and pre-tokenizer are used
+    backend = clip.backend_tokenizer
+    words: Counter[tuple[str, ...]] = Counter()
+    for line in _corpus():
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(line)):
+            words[(*word[:-1], word[-1] + "</w>")] += 1
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # code-point order is GPT-2's byte order
+    vocab = [*alphabet, *(c + "</w>" for c in alphabet)]
+    merges: list[tuple[str, str]] = []
+    while len(vocab) + 2 < vocab_size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, n in words.items():
+            for pair in itertools.pairwise(word):
+                pairs[pair] += n
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        vocab.append(best[0] + best[1])
+        words = Counter({_merge(word, best): n for word, n in words.items()})
+    vocab += [CLIP_BOS, CLIP_EOS]
     return CLIPTokenizer(
-        vocab=model["vocab"],
-        merges=[tuple(m) for m in model["merges"]],
+        vocab={token: i for i, token in enumerate(vocab)},
+        merges=merges,
         model_max_length=CLIP_MAX_LENGTH,
     )
 
 
+def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(word[i] + word[i + 1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
 def _train_t5_tokenizer() -> T5Tokenizer:
-    """A Unigram model with T5's <pad>=0, </s>=1, <unk>=2, wrapped in transformers' T5Tokenizer."""
-    tok = Tokenizer(models.Unigram())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
-    )
-    trainer = trainers.UnigramTrainer(
-        vocab_size=512,
-        special_tokens=[T5_PAD, T5_EOS, T5_UNK],
-        unk_token=T5_UNK,
-        initial_alphabet=list(string.printable.strip()),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer)
-    vocab = [tuple(v) for v in json.loads(tok.to_str())["model"]["vocab"]]
+    """A Unigram model with T5's <pad>=0, </s>=1, <unk>=2, wrapped in transformers' T5Tokenizer.
+
+    The pieces are the corpus words (as word starts, '▁word', and as continuations) plus every
+    printable ASCII character, scored by log relative frequency: a proper unigram LM, built
+    directly because tokenizers' UnigramTrainer shrinks a corpus this small to mostly characters.
+    """
+    counts: Counter[str] = Counter()
+    for line in _corpus():
+        for piece in re.findall(r"[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]", line):
+            counts[f"▁{piece}"] += 1
+            counts[piece] += 1
+    counts.update(["▁", *string.printable.strip()])
+    total = sum(counts.values())
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    vocab = [(T5_PAD, 0.0), (T5_EOS, 0.0), (T5_UNK, 0.0), *((p, math.log(n / total)) for p, n in ranked)]
     # No <extra_id_N> sentinels: FLUX never uses them and they only widen the embedding.
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 

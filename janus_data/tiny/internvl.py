@@ -1,9 +1,15 @@
 """A tiny InternVL (the judge) built from InternVLConfig: Qwen2 text model, InternViT vision tower.
 
 Keeps what the judge path depends on from OpenGVLab/InternVL3-*-hf: 448 px tiles of 14 px
-patches, pixel-shuffle to 256 <IMG_CONTEXT> tokens per tile, dynamic tiling plus a thumbnail
-by GotOcr2's image processor (the PIL backend: no torchvision), a Qwen2Tokenizer with
-InternVL's special tokens, and the chatml chat template of the transformers conversion.
+patches, pixel-shuffled to 256 <IMG_CONTEXT> tokens per tile; dynamic tiling plus a thumbnail by
+GotOcr2's image processor (its PIL backend runs without torchvision); a Qwen2Tokenizer with
+InternVL's special tokens and the chatml chat template of the transformers conversion; and the
+processor_config.json naming InternVLProcessor.
+
+Note: with transformers 5.x and no torchvision, AutoProcessor cannot load any InternVL checkpoint
+(real or tiny): InternVLProcessor always loads a video processor, and video processors need
+torchvision. AutoTokenizer and AutoImageProcessor load fine, and the InternVLProcessor prompt
+expansion is one string replacement (see tests/test_tiny_models.py).
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from transformers import (
     GotOcr2ImageProcessorPil,
     InternVLConfig,
     InternVLForConditionalGeneration,
-    InternVLProcessor,
     InternVLVisionConfig,
     Qwen2Config,
     Qwen2Tokenizer,
@@ -158,7 +163,8 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0) -> Path:
     gen._from_model_config = False
     model.save_pretrained(out_dir, safe_serialization=True)
 
-    image_processor = GotOcr2ImageProcessorPil(
+    tokenizer.save_pretrained(out_dir)  # also writes chat_template.jinja
+    GotOcr2ImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
         crop_to_patches=True,
         min_patches=1,
@@ -166,12 +172,10 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0) -> Path:
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
         do_convert_rgb=True,
-    )
-    processor = InternVLProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        image_seq_length=IMAGE_SEQ_LENGTH,
-        chat_template=CHAT_TEMPLATE,
-    )
-    processor.save_pretrained(out_dir)
+    ).save_pretrained(out_dir)  # records image_processor_type GotOcr2ImageProcessor, as the real one
+    # InternVLProcessor cannot be instantiated without torchvision (its video_processor slot is
+    # checked against VideoProcessorMixin, which transformers only exports with torchvision), so
+    # write the processor config a real InternVL-hf checkpoint carries by hand.
+    processor_config = {"image_seq_length": IMAGE_SEQ_LENGTH, "processor_class": "InternVLProcessor"}
+    (out_dir / "processor_config.json").write_text(json.dumps(processor_config, indent=2, sort_keys=True) + "\n")
     return out_dir

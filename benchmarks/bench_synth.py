@@ -1,0 +1,136 @@
+"""Synth throughput: images/s per generator at batch 1 and batch B, and our Janus loop vs
+transformers' generate(generation_mode="image") on the same model, as ratios from one run.
+
+    python benchmarks/bench_synth.py                       # tiny models, CPU
+    python benchmarks/bench_synth.py --config paper --arch 7b --batch 16 --only janus   # a GPU, random bf16 weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from janus_data.config import load_config
+from janus_data.models import resolve_device, resolve_dtype
+from janus_data.progress import quiet_libraries
+
+PROMPTS = [
+    "a photo of two red apples on a wooden table",
+    "a blue bicycle to the left of a yellow fire hydrant",
+    "three cats sleeping on a sofa",
+    "a green umbrella above a white dog",
+]
+
+
+def timed(fn, repeats: int) -> float:
+    """Best-of-`repeats` wall time in seconds (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def prompts_for(n: int) -> list[str]:
+    return [PROMPTS[i % len(PROMPTS)] + f" #{i}" for i in range(n)]
+
+
+def bench_generator(gen, batch: int, repeats: int) -> tuple[float, float]:
+    """(images/s at batch 1, images/s at batch B)."""
+    one = timed(lambda: gen.generate(prompts_for(1), [0]), repeats)
+    many = timed(lambda: gen.generate(prompts_for(batch), list(range(batch))), repeats)
+    return 1 / one, batch / many
+
+
+def bench_janus_vs_transformers(gen, batch: int, repeats: int) -> tuple[float, float]:
+    """(our loop tokens/s, transformers generate tokens/s) for the same prompts, sampling on."""
+    prompts = prompts_for(batch)
+    ids, mask = gen.encode_prompts(prompts)
+    n = gen.num_image_tokens * batch
+
+    def ours():
+        gen.generate_tokens(prompts, list(range(batch)))
+
+    def theirs():
+        gen.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            generation_mode="image",
+            do_sample=True,
+            guidance_scale=gen.cfg.cfg_weight,
+            temperature=1.0,
+        )
+
+    return n / timed(ours, repeats), n / timed(theirs, repeats)
+
+
+def random_janus(size: str, device: torch.device, dtype: torch.dtype):
+    """Janus-Pro-{size}'s real architecture with random weights, and the tiny tokenizer."""
+    from transformers import AutoTokenizer, JanusForConditionalGeneration
+
+    from janus_data.arch import janus_pro_config
+    from janus_data.models import tiny_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path("janus"))
+    cfg = janus_pro_config(size, image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"))
+    torch.set_default_dtype(dtype)
+    with torch.device(device):
+        model = JanusForConditionalGeneration(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    gen = model.generation_config
+    gen.bos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+    gen.generation_kwargs = {"boi_token_id": tokenizer.convert_tokens_to_ids("<begin_of_image>")}
+    return model, tokenizer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="tiny")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", choices=["flux", "janus"], default=None)
+    ap.add_argument("--arch", choices=["1b", "7b"], default=None, help="random-weight Janus-Pro of this size")
+    args = ap.parse_args()
+
+    quiet_libraries()
+    cfg = load_config(args.config)
+    device = resolve_device(cfg.runtime)
+    dtype = resolve_dtype(cfg.runtime, device)
+    print(
+        f"device {device}, dtype {dtype}, batch {args.batch}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+    rows = []
+    if args.only in (None, "janus"):
+        from janus_data.generators.janus import JanusGenerator
+
+        loaded = random_janus(args.arch, device, dtype) if args.arch else None
+        jan = JanusGenerator(cfg.synth.janus, device, dtype, loaded=loaded)
+        b1, bb = bench_generator(jan, args.batch, args.repeats)
+        rows.append(("janus", b1, bb))
+        ours, theirs = bench_janus_vs_transformers(jan, args.batch, args.repeats)
+        print(
+            f"janus loop vs transformers generate at batch {args.batch}: "
+            f"{ours:,.0f} vs {theirs:,.0f} image tokens/s -> ratio {ours / theirs:.2f}x"
+        )
+        del jan
+    if args.only in (None, "flux"):
+        from janus_data.generators.flux import FluxGenerator
+
+        flux = FluxGenerator(cfg.synth.flux, device, dtype)
+        b1, bb = bench_generator(flux, args.batch, args.repeats)
+        rows.append(("flux", b1, bb))
+    print(f"{'generator':<10}{'img/s @1':>12}{f'img/s @{args.batch}':>14}{'ratio':>8}")
+    for name, b1, bb in rows:
+        print(f"{name:<10}{b1:>12.2f}{bb:>14.2f}{bb / b1:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""`janus` on bad input: one line, non-zero exit, completed work intact. Plus --help."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def snapshot(run: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and p.name != "config.yaml"
+    }
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory, janus_cache):
+    root = tmp_path_factory.mktemp("cli")
+    prompts = root / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "a red cube"}) + "\n")
+    run = root / "run"
+    res = invoke(
+        "data",
+        "synth",
+        "--prompts",
+        str(prompts),
+        "--run",
+        str(run),
+        "--config",
+        "tiny",
+        "--images-per-prompt",
+        "2",
+        "--no-progress",
+    )
+    assert res.exit_code == 0, res.output
+    return root, run
+
+
+def one_line_error(res, *needles: str) -> None:
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def synth_args(run: Path, *extra: str) -> list[str]:
+    return ["data", "synth", "--run", str(run), "--config", "tiny", "--images-per-prompt", "2", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needles"),
+    [
+        ("missing.jsonl", None, ["prompt file not found"]),
+        ("empty.txt", b"", ["holds no prompts"]),
+        ("blank.txt", b"  \n\t\n", ["holds no prompts"]),
+        ("cols.csv", b"caption,id\nx,1\n", ["prompt", "caption"]),
+        ("latin.txt", "café au lait\n".encode("latin-1"), ["not UTF-8"]),
+        ("bad.jsonl", b'{"prompt": "ok"}\n{"prompt": \n', ["line 2"]),
+    ],
+)
+def test_bad_prompt_files(done_run, name, content, needles):
+    root, run = done_run
+    path = root / name
+    if content is not None:
+        path.write_bytes(content)
+    before = snapshot(run)
+    one_line_error(invoke(*synth_args(run, "--prompts", str(path))), *needles)
+    assert snapshot(run) == before
+
+
+def test_unknown_config_key(done_run):
+    root, run = done_run
+    cfg = root / "bad.yaml"
+    cfg.write_text("synth:\n  images_per_prompt: 2\n  imagez: 3\n")
+    before = snapshot(run)
+    res = invoke("data", "synth", "--run", str(run), "--config", str(cfg), "--no-progress")
+    one_line_error(res, "unknown config key 'synth.imagez'")
+    assert snapshot(run) == before
+
+
+def test_unknown_preset_and_bad_value(done_run):
+    _, run = done_run
+    one_line_error(invoke("data", "synth", "--run", str(run), "--config", "nosuch"), "unknown preset")
+    one_line_error(invoke(*synth_args(run, "--flux-share", "1.5")), "flux_share")
+
+
+def test_missing_checkpoint_path(done_run):
+    root, run = done_run
+    cfg = root / "missing-model.yaml"
+    cfg.write_text(f"preset: tiny\nsynth:\n  images_per_prompt: 4\n  janus:\n    model: {root / 'no-such-ckpt'}\n")
+    before = snapshot(run)
+    res = invoke("data", "synth", "--run", str(run), "--config", str(cfg), "--no-progress")
+    one_line_error(res, "checkpoint not found", "no-such-ckpt")
+    assert snapshot(run) == before  # checked before any generator runs
+
+
+def test_unwritable_run_dir(done_run):
+    root, _ = done_run
+    blocker = root / "a-file"
+    blocker.write_text("x")
+    prompts = root / "ok.txt"
+    prompts.write_text("a red cube\n")
+    one_line_error(invoke(*synth_args(blocker / "run", "--prompts", str(prompts))), "not writable")
+
+
+def test_run_without_prompts(tmp_path):
+    one_line_error(invoke(*synth_args(tmp_path / "fresh")), "has no prompts", "--prompts")
+
+
+def test_rerun_says_nothing_to_do(done_run):
+    _, run = done_run
+    res = invoke(*synth_args(run))
+    assert res.exit_code == 0
+    assert "nothing to do" in res.stderr
+
+
+@pytest.mark.parametrize("cmd", [[], ["data"], ["data", "synth"], ["demo"], ["models", "tiny"]])
+def test_help_has_an_example(cmd):
+    res = invoke(*cmd, "--help")
+    assert res.exit_code == 0
+    if cmd and cmd[-1] != "data":
+        assert "Example" in res.output
