@@ -11,7 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from janus_data.errors import JanusError
+from janus_data.errors import JanusError, one_line
 from janus_data.progress import console, quiet_libraries
 
 app = typer.Typer(
@@ -60,9 +60,8 @@ def user_errors(fn: F) -> F:
         except Exception as err:  # last line of defence: one line, not a traceback
             if debug:
                 raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             console.print(
-                f"[bold red]error:[/] {type(err).__name__}: {first} (rerun with JANUS_DEBUG=1 for the traceback)",
+                f"[bold red]error:[/] {type(err).__name__}: {one_line(err)} (rerun with JANUS_DEBUG=1 for the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )

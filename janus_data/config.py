@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from janus_data.errors import ConfigError
+from janus_data.errors import ConfigError, one_line
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PRESET_DIR = PROJECT_ROOT / "configs"
@@ -85,6 +85,8 @@ class SynthConfig:
     """Encoding of the stored image bytes."""
     jpeg_quality: int = 95
     """Quality for jpeg and webp."""
+    shard_images: int = 1000
+    """Images per tar shard before a new shard starts (~300 MB of 384 px PNGs)."""
     seed: int = 0
     """Global seed: every image's seed derives from (seed, prompt_id, generator, index)."""
     generators: tuple[str, ...] = ("flux", "janus")
@@ -181,7 +183,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {one_line(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -246,6 +248,8 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("synth.janus.top_k must be >= 0 (0 = off)")
     if s.flux.height % 16 or s.flux.width % 16:
         raise ConfigError("synth.flux.height and width must be multiples of 16")
+    if s.shard_images < 1:
+        raise ConfigError("synth.shard_images must be >= 1")
     if not 1 <= s.jpeg_quality <= 100:
         raise ConfigError("synth.jpeg_quality must lie in [1, 100]")
 

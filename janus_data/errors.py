@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+MAX_ERROR_CHARS = 300
+
 
 class JanusError(Exception):
     """An error the user can act on; `hint` says how."""
@@ -29,3 +31,12 @@ class ModelError(JanusError):
 
 class RunDirError(JanusError):
     """The run directory cannot be created, written or read."""
+
+
+def one_line(err: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """A library error as one short line: whitespace collapsed, polars' advice dropped, truncated."""
+    msg = str(err)
+    if "Original error:" in msg:
+        msg = msg.split("Original error:", 1)[1]
+    msg = " ".join(msg.replace("`", "").split()) or type(err).__name__
+    return msg if len(msg) <= limit else msg[: limit - 1] + "…"

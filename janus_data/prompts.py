@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from janus_data.errors import PromptError
+from janus_data.errors import PromptError, one_line
 from janus_data.manifest import manifest_dir, read_manifest, write_parquet_atomic
 
 PROMPTS_KIND = "prompts"
@@ -209,21 +209,12 @@ def _clean_tags(value: Any, split_str: bool) -> list[str] | None:
     return [t for t in (p.strip() for p in parts) if t]
 
 
-def _one_line(err: Exception) -> str:
-    """A library error as one short line (polars errors span many lines of advice)."""
-    msg = str(err)
-    if "Original error:" in msg:
-        msg = msg.split("Original error:", 1)[1]
-    msg = " ".join(msg.replace("`", "").split())
-    return msg if len(msg) <= _MAX_ERROR_CHARS else msg[: _MAX_ERROR_CHARS - 1] + "…"
-
-
 def _read_parquet(path: Path, source: str) -> pl.DataFrame:
     try:
         return pl.read_parquet(path)
     except Exception as err:
         raise PromptError(
-            f"cannot read {source} as Parquet: {_one_line(err)}",
+            f"cannot read {source} as Parquet: {one_line(err, _MAX_ERROR_CHARS)}",
             hint="check that it is a whole Parquet file (a copy cut short cannot be read)",
         ) from None
 
@@ -238,7 +229,7 @@ def _read_csv(path: Path, source: str, separator: str) -> pl.DataFrame:
     except Exception as err:
         kind = "TSV" if separator == "\t" else "CSV"
         raise PromptError(
-            f"cannot read {source} as {kind}: {_one_line(err)}",
+            f"cannot read {source} as {kind}: {one_line(err, _MAX_ERROR_CHARS)}",
             hint='quote fields that hold the separator or a newline with double quotes ("a, b")',
         ) from None
 
@@ -298,7 +289,7 @@ def _dataset_rows(path: Path, source: str) -> Iterator[_Row]:
         loaded = datasets.load_from_disk(str(path))
     except Exception as err:
         raise PromptError(
-            f"cannot load {source} as a saved dataset: {_one_line(err)}",
+            f"cannot load {source} as a saved dataset: {one_line(err, _MAX_ERROR_CHARS)}",
             hint="re-save it with Dataset.save_to_disk or DatasetDict.save_to_disk",
         ) from None
     if isinstance(loaded, datasets.DatasetDict):

@@ -44,8 +44,8 @@ def synth_headline(result: SynthResult) -> str:
             f"prompts: {ps.rows_read:,} read, {ps.empty_dropped:,} empty dropped, "
             f"{ps.duplicates_merged:,} duplicates merged, {ps.unique:,} unique"
         )
-    if result.orphans_removed:
-        parts.append(f"removed {result.orphans_removed} unfinished shard(s) from an interrupted run")
+    if result.shards_repaired:
+        parts.append(f"repaired {result.shards_repaired} shard(s) left mid-batch by an interrupted run")
     if result.generated == 0:
         total = sum(g.planned for g in result.generators.values())
         parts.append(f"nothing to do: all {total:,} images of this rank already exist")

@@ -2,8 +2,9 @@
 
 Work is planned as (prompt, generator, index) items with derived seeds, sliced by rank,
 anti-joined against the image manifest, and generated in batches per generator. Each
-batch lands as one tar shard then one manifest part, both atomic, manifest last: a
-killed run leaves whole batches, and a rerun does only what is missing.
+batch's bytes are appended to the rank's tar shard and fsynced, then its manifest part
+appears atomically: a killed run leaves whole batches, and a rerun does only what is
+missing after cutting any unreferenced tail off the shards.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from janus_data.progress import stage_progress
 from janus_data.prompts import PromptStats, load_prompts, read_prompts_manifest, write_prompts_manifest
 from janus_data.rundir import rank_dir, save_run_config
 from janus_data.seeds import derive_seed, image_id_for, shard_of
-from janus_data.storage import EXTENSIONS, encode_image, write_shard
+from janus_data.storage import EXTENSIONS, ShardWriter, encode_image, repair_shards
 
 IMAGE_SCHEMA: dict[str, pl.DataType] = {
     "image_id": pl.Utf8,
@@ -91,7 +92,7 @@ class SynthResult:
     n_prompts: int
     prompt_stats: PromptStats | None
     generators: dict[str, GeneratorStats] = field(default_factory=dict)
-    orphans_removed: int = 0
+    shards_repaired: int = 0
     seconds: float = 0.0
 
     @property
@@ -132,17 +133,17 @@ def existing_image_ids(run_dir: Path) -> pl.DataFrame:
     return scan_manifest(run_dir, "images", IMAGE_SCHEMA).select("image_id").unique().collect()
 
 
-def remove_orphan_shards(run_dir: Path, rank: int) -> int:
-    """Delete this rank's tar shards that no manifest part names (a kill between the two writes)."""
-    n = 0
-    for gen_dir in (Path(run_dir) / "images").glob("*"):
-        shard_dir = gen_dir / rank_dir(rank)
-        parts = manifest_dir(run_dir, "images") / gen_dir.name / rank_dir(rank)
-        for tar in shard_dir.glob("*.tar"):
-            if not (parts / f"{tar.stem}.parquet").exists():
-                tar.unlink()
-                n += 1
-    return n
+def repair_rank_shards(run_dir: Path, generators: tuple[str, ...], rank: int) -> int:
+    """Cut this rank's shards back to what the manifest references (a kill mid-batch) and seal them."""
+    extents = dict(
+        scan_manifest(run_dir, "images", IMAGE_SCHEMA)
+        .filter(pl.col("rank") == rank)
+        .group_by("shard")
+        .agg((pl.col("offset") + pl.col("length")).max().alias("end"))
+        .collect()
+        .iter_rows()
+    )
+    return sum(repair_shards(run_dir, f"images/{gen}/{rank_dir(rank)}", extents) for gen in generators)
 
 
 def batches(todo: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
@@ -155,18 +156,18 @@ def write_batch(
     run_dir: Path,
     cfg: SynthConfig,
     gen: ImageGenerator,
+    writer: ShardWriter,
     batch: pl.DataFrame,
     images: list[Image.Image],
     seconds: float,
     rank: int,
 ) -> None:
-    """Store one batch: the tar shard first, then its manifest part (its presence means done)."""
+    """Store one batch: bytes appended and fsynced first, then its manifest part (its presence means done)."""
     ids = batch["image_id"].to_list()
     part = "part-" + hashlib.sha1("|".join(ids).encode()).hexdigest()[:16]
     ext = EXTENSIONS[cfg.image_format]
     blobs = [encode_image(img, cfg.image_format, cfg.image_size, cfg.jpeg_quality) for img in images]
-    shard = f"images/{gen.name}/{rank_dir(rank)}/{part}.tar"
-    stored = write_shard(run_dir, shard, [(f"{i}.{ext}", b) for i, b in zip(ids, blobs, strict=True)])
+    stored = writer.write_batch([(f"{i}.{ext}", b) for i, b in zip(ids, blobs, strict=True)])
     params = json.dumps(gen.params(), sort_keys=True)
     n = len(ids)
     df = pl.DataFrame(
@@ -234,10 +235,9 @@ def run_synth(
     if prompts.height == 0:
         raise PromptError(f"run {run_dir} has no prompts", hint="pass --prompts FILE")
     save_run_config(run_dir, cfg)
-    clean_temp_files(Path(run_dir) / "images")
     clean_temp_files(manifest_dir(run_dir, "images"))
     result = SynthResult(Path(run_dir), shard, prompts.height, prompt_stats)
-    result.orphans_removed = remove_orphan_shards(run_dir, shard.rank)
+    result.shards_repaired = repair_rank_shards(run_dir, scfg.generators, shard.rank)
 
     plan = plan_images(prompts, scfg, shard)
     todo = plan.join(existing_image_ids(run_dir), on="image_id", how="anti").sort("generator", "prompt_id", "index")
@@ -257,14 +257,16 @@ def run_synth(
                 continue
             gen = factories[name]()
             task = bars.add_task(f"synth {name}", total=mine.height, unit="img")
-            for batch in batches(mine, batch_sizes[name]):
-                t0 = time.perf_counter()
-                images = gen.generate(batch["prompt"].to_list(), batch["seed"].to_list())
-                dt = time.perf_counter() - t0
-                write_batch(run_dir, scfg, gen, batch, images, dt, shard.rank)
-                stats.generated += batch.height
-                stats.seconds += dt
-                bars.advance(task, batch.height)
+            shard_dir = f"images/{name}/{rank_dir(shard.rank)}"
+            with ShardWriter(run_dir, shard_dir, scfg.shard_images) as writer:
+                for batch in batches(mine, batch_sizes[name]):
+                    t0 = time.perf_counter()
+                    images = gen.generate(batch["prompt"].to_list(), batch["seed"].to_list())
+                    dt = time.perf_counter() - t0
+                    write_batch(run_dir, scfg, gen, writer, batch, images, dt, shard.rank)
+                    stats.generated += batch.height
+                    stats.seconds += dt
+                    bars.advance(task, batch.height)
             del gen
     result.seconds = time.perf_counter() - start
     return result

@@ -74,9 +74,8 @@ def test_every_image_opens_at_the_configured_size_and_matches_its_hash(full_run)
 def test_shards_are_plain_tars_named_by_image_id(full_run):
     run, _ = full_run
     df = images(run)
-    for shard, group in df.group_by("shard"):
-        with tarfile.open(run / shard[0]) as tar:
-            assert sorted(tar.getnames()) == sorted(group["member"].to_list())
+    shard_members_match_manifest(run)
+    assert df["shard"].n_unique() == 2 * 1  # 27 images per generator fit one 32-image shard
     assert all(m == f"{i}.png" for i, m in zip(df["image_id"], df["member"], strict=True))
     assert all("." not in i for i in df["image_id"])
 
@@ -104,21 +103,34 @@ def test_rerun_does_nothing_and_loads_no_model(full_run):
     assert all(g.existing == g.planned == 9 * len(PROMPTS) for g in result.generators.values())
 
 
-def test_lost_batches_are_regenerated_identically(tmp_path, janus_cache):
+def shard_members_match_manifest(run: Path) -> None:
+    df = images(run)
+    on_disk = sorted(p.relative_to(run).as_posix() for p in (run / "images").rglob("*.tar"))
+    assert on_disk == sorted(df["shard"].unique())
+    for shard, group in df.group_by("shard"):
+        with tarfile.open(run / shard[0]) as tar:
+            assert sorted(tar.getnames()) == sorted(group["member"].to_list())
+
+
+def test_a_kill_mid_batch_is_repaired_and_regenerated_identically(tmp_path, janus_cache):
     run = tmp_path / "run"
-    cfg = tiny(images_per_prompt=4)
+    cfg = tiny(images_per_prompt=4, shard_images=4, janus={"batch_size": 2}, flux={"batch_size": 2})
     run_synth(run, cfg, write_prompts(tmp_path / "p.jsonl"), progress=False)
     before = images(run).sort("image_id")
-    parts = part_files(run, "images")
-    for p in parts[:2]:  # as if killed between the shard rename and the manifest rename
-        p.unlink()
-    (run / "images" / "janus" / "rank00000" / ".x.tar.tmp").write_bytes(b"partial")
+    assert before["shard"].n_unique() > 2  # rolled over to new shards
+    # A kill after a batch's bytes were fsynced but before its manifest part appeared: the
+    # newest part of each generator is lost and its shard ends with unreferenced bytes.
+    for gen in ("flux", "janus"):
+        newest = max(part_files(run, f"images/{gen}"), key=lambda p: p.stat().st_mtime_ns)
+        newest.unlink()
+    with open(sorted((run / "images" / "janus").rglob("*.tar"))[-1], "ab") as fh:
+        fh.write(b"half a member")
     result = run_synth(run, cfg, progress=False)
-    assert result.orphans_removed == 2
-    assert not list(run.rglob("*.tmp"))
+    assert result.shards_repaired == 2 and result.generated == 4
     after = images(run).sort("image_id")
     assert after["image_id"].to_list() == before["image_id"].to_list()
     assert after["sha256"].to_list() == before["sha256"].to_list()
+    shard_members_match_manifest(run)
 
 
 def test_two_ranks_equal_one_process_at_batch_one(tmp_path, janus_cache):
@@ -147,3 +159,12 @@ def test_larger_batches_change_pixels_by_at_most_rounding(tmp_path, janus_cache)
             pixels(tmp_path / "b6", row).astype(int) - pixels(tmp_path / "b1", a[row["image_id"]]).astype(int)
         )
         assert diff.max() <= 2, (row["image_id"], diff.max())
+
+
+def test_sealed_shards_stream_through_webdataset(full_run):
+    wds = pytest.importorskip("webdataset")
+    run, _ = full_run
+    df = images(run)
+    urls = [str(run / s) for s in sorted(df["shard"].unique())]
+    keys = [sample["__key__"] for sample in wds.WebDataset(urls, shardshuffle=False)]
+    assert sorted(keys) == sorted(df["image_id"].to_list())

@@ -11,7 +11,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from janus_data.config import FluxGenConfig
-from janus_data.errors import ModelError
+from janus_data.errors import ModelError, one_line
 from janus_data.models import resolve_model
 
 
@@ -24,9 +24,8 @@ def load_flux(ref: str, device: torch.device, dtype: torch.dtype) -> FluxPipelin
             warnings.filterwarnings("ignore", message=".*use `dtype` instead.*", category=FutureWarning)
             pipe = FluxPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     except (OSError, ValueError, KeyError, SafetensorError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(
-            f"cannot load FLUX checkpoint '{ref}': {first}",
+            f"cannot load FLUX checkpoint '{ref}': {one_line(err)}",
             hint="use a diffusers-format checkpoint such as black-forest-labs/FLUX.1-dev (safetensors)",
         ) from None
     pipe = pipe.to(device)

@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import AutoTokenizer, JanusForConditionalGeneration
 
 from janus_data.config import JanusGenConfig
-from janus_data.errors import ModelError
+from janus_data.errors import ModelError, one_line
 from janus_data.generators.janus_loop import decode_image_tokens, generate_image_tokens
 from janus_data.generators.sampling import SamplerParams
 from janus_data.models import resolve_model
@@ -32,9 +32,8 @@ def load_janus(ref: str, device: torch.device, dtype: torch.dtype, trust_remote_
         )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(
-            f"cannot load Janus-Pro checkpoint '{ref}': {first}",
+            f"cannot load Janus-Pro checkpoint '{ref}': {one_line(err)}",
             hint="use a transformers-format checkpoint such as deepseek-community/Janus-Pro-7B (safetensors)",
         ) from None
     return model.to(device).eval(), tokenizer
