@@ -70,6 +70,16 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def print_synth(result) -> None:
+    """The synth stage's headline and summary table."""
+    from janus_data.summaries import synth_headline, synth_table
+
+    headline = synth_headline(result)
+    if headline:
+        console.print(headline, highlight=False)
+    console.print(synth_table(result))
+
+
 def _synth_overrides(**flags: Any) -> dict[str, Any]:
     return {"synth": {k: v for k, v in flags.items() if v is not None}}
 
@@ -99,7 +109,6 @@ def synth(
     quiet_libraries()
     from janus_data.config import load_config
     from janus_data.dist import resolve_shard
-    from janus_data.summaries import synth_headline, synth_table
     from janus_data.synth import run_synth
 
     cfg = load_config(
@@ -114,10 +123,7 @@ def synth(
     )
     shard = resolve_shard(rank, world_size)
     result = run_synth(run, cfg, prompts, shard, progress=None if progress else False)
-    headline = synth_headline(result)
-    if headline:
-        console.print(headline, highlight=False)
-    console.print(synth_table(result))
+    print_synth(result)
 
 
 @models_app.command("tiny")
@@ -157,16 +163,15 @@ def demo(
     """
     quiet_libraries()
     from janus_data.config import PROJECT_ROOT, load_config
-    from janus_data.summaries import synth_headline, synth_table
+    from janus_data.contact import contact_sheet
     from janus_data.synth import run_synth
 
     prompts = PROJECT_ROOT / "manifests" / "demo_prompts.jsonl"
     console.print("[bold]janus demo[/]: tiny random models on CPU — they demonstrate the mechanics, not image quality.")
     result = run_synth(run, load_config("tiny"), prompts, progress=None if progress else False)
-    headline = synth_headline(result)
-    if headline:
-        console.print(headline, highlight=False)
-    console.print(synth_table(result))
+    print_synth(result)
+    sheet = contact_sheet(run, run / "contact_sheet.png")
+    console.print(f"contact sheet: {sheet}", highlight=False)
     console.print(
         f'demo run: {run.resolve()}  (inspect: python -c "import polars as pl; '
         f"print(pl.scan_parquet('{run}/manifests/images/**/*.parquet').collect())\")",

@@ -18,7 +18,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # paths and commands stay copy-pasteable
 
 
 class RateColumn(ProgressColumn):

@@ -134,3 +134,12 @@ def test_help_has_an_example(cmd):
     assert res.exit_code == 0
     if cmd and cmd[-1] != "data":
         assert "Example" in res.output
+
+
+def test_demo_runs_end_to_end(tmp_path, janus_cache):
+    res = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "not image quality" in res.stderr and "contact sheet" in res.stderr
+    assert (tmp_path / "demo" / "contact_sheet.png").is_file()
+    again = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
+    assert again.exit_code == 0 and "nothing to do" in again.stderr

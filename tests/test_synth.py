@@ -168,3 +168,11 @@ def test_sealed_shards_stream_through_webdataset(full_run):
     urls = [str(run / s) for s in sorted(df["shard"].unique())]
     keys = [sample["__key__"] for sample in wds.WebDataset(urls, shardshuffle=False)]
     assert sorted(keys) == sorted(df["image_id"].to_list())
+
+
+def test_contact_sheet_has_a_row_per_prompt(full_run, tmp_path):
+    from janus_data.contact import contact_sheet
+
+    run, _ = full_run
+    sheet = Image.open(contact_sheet(run, tmp_path / "sheet.png", thumb=32, label=10))
+    assert sheet.size == (18 * 32, len(PROMPTS) * (32 + 10))
