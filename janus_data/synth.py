@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import polars as pl
+import torch
 from PIL import Image
 
 from janus_data.config import JanusRunConfig, SynthConfig, split_counts
@@ -234,7 +235,6 @@ def run_synth(
     prompts = read_prompts_manifest(run_dir)
     if prompts.height == 0:
         raise PromptError(f"run {run_dir} has no prompts", hint="pass --prompts FILE")
-    save_run_config(run_dir, cfg)
     clean_temp_files(manifest_dir(run_dir, "images"))
     result = SynthResult(Path(run_dir), shard, prompts.height, prompt_stats)
     result.shards_repaired = repair_rank_shards(run_dir, scfg.generators, shard.rank)
@@ -246,6 +246,7 @@ def run_synth(
         for name in set(todo["generator"].unique()):
             resolve_model(getattr(scfg, name).model)
         factories = generator_factories(cfg)
+    save_run_config(run_dir, cfg)
     batch_sizes = {"flux": scfg.flux.batch_size, "janus": scfg.janus.batch_size}
     with stage_progress(progress) as bars:
         for name in scfg.generators:
@@ -268,5 +269,7 @@ def run_synth(
                     stats.seconds += dt
                     bars.advance(task, batch.height)
             del gen
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the next generator gets the whole GPU
     result.seconds = time.perf_counter() - start
     return result

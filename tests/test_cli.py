@@ -22,7 +22,7 @@ def snapshot(run: Path) -> dict[str, str]:
     return {
         str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(run.rglob("*"))
-        if p.is_file() and p.name != "config.yaml"
+        if p.is_file()
     }
 
 
