@@ -28,7 +28,9 @@ app.add_typer(models_app, name="models")
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Shared option aliases.
-RunOpt = Annotated[Path, typer.Option("--run", help="Run directory (created if missing).")]
+RunOpt = Annotated[
+    Path, typer.Option("--run", "--run-dir", help="Run directory (created if missing); --run-dir under torchrun.")
+]
 ConfigOpt = Annotated[
     str, typer.Option("--config", "-c", help="Preset name (tiny, paper) or a YAML file over the typed configs.")
 ]

@@ -143,3 +143,13 @@ def test_demo_runs_end_to_end(tmp_path, janus_cache):
     assert (tmp_path / "demo" / "contact_sheet.png").is_file()
     again = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
     assert again.exit_code == 0 and "nothing to do" in again.stderr
+
+
+def test_models_tiny_writes_a_loadable_checkpoint(tmp_path):
+    from transformers import JanusForConditionalGeneration
+
+    res = invoke("models", "tiny", "janus", "--out", str(tmp_path / "tj"))
+    assert res.exit_code == 0, res.output
+    model = JanusForConditionalGeneration.from_pretrained(tmp_path / "tj")
+    assert model.config.vision_config.num_image_tokens == 16
+    one_line_error(invoke("models", "tiny", "dalle", "--out", str(tmp_path / "x")), "unknown tiny model")
