@@ -14,6 +14,7 @@ from janus_data.errors import ModelError, one_line
 from janus_data.generators.janus_loop import decode_image_tokens, generate_image_tokens
 from janus_data.generators.sampling import SamplerParams
 from janus_data.models import resolve_model
+from janus_data.padding import left_pad
 
 BOI = "<begin_of_image>"
 
@@ -78,12 +79,7 @@ class JanusGenerator:
         rows = [
             [*self.tokenizer(generation_prompt(p), split_special_tokens=True).input_ids, self.boi_id] for p in prompts
         ]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - len(row) :] = torch.tensor(row)
-            mask[i, width - len(row) :] = 1
+        ids, mask = left_pad(rows, self.pad_id)
         return ids.to(self.device), mask.to(self.device)
 
     def generate_tokens(self, prompts: list[str], seeds: list[int], want_logprobs: bool = False):

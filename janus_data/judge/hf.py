@@ -11,6 +11,7 @@ from janus_data.judge.scoring import NO_WORDS, YES_WORDS, answer_of
 from janus_data.judge.templates import IMAGE_TAG, consistency_question, reason_question
 from janus_data.judge.types import JudgeResult
 from janus_data.models import resolve_model
+from janus_data.padding import left_pad
 
 
 def load_internvl(ref: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -39,17 +40,6 @@ def single_token_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
             if len(encoded) == 1:
                 ids.add(encoded[0])
     return sorted(ids)
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """B id lists -> (B, L) left-padded ids and (B, L) attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
 
 
 class HFJudge:
@@ -88,8 +78,14 @@ class HFJudge:
     def _ids(self, question: str, n_tiles: int) -> list[int]:
         """Chat-templated ids of one question, its image tag expanded to the image's tokens."""
         tok = self.tokenizer
-        text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-        at = text.index(question)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+        )
+        at = text.find(question)
+        if at < 0:
+            raise ModelError(
+                f"the chat template of '{self.model_id}' rewrites the user text", hint="use the checkpoint's tokenizer"
+            )
         head, rest, tail = text[:at], question[len(IMAGE_TAG) :], text[at + len(question) :]
         image = [
             tok.convert_tokens_to_ids(self.start_image),
@@ -107,7 +103,7 @@ class HFJudge:
 
     def _inputs(self, questions: list[str], pixels: torch.Tensor, tiles: list[int]) -> dict[str, torch.Tensor]:
         """Left-padded batch: (B, L) ids and mask, (B, L) positions, (sum tiles, 3, 448, 448) pixels."""
-        ids, mask = left_pad([self._ids(q, n) for q, n in zip(questions, tiles)], self.pad_id)
+        ids, mask = left_pad([self._ids(q, n) for q, n in zip(questions, tiles, strict=True)], self.pad_id)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         return {
             "input_ids": ids.to(self.device),
@@ -138,7 +134,7 @@ class HFJudge:
         yes = probs[:, self.yes_ids].sum(-1)
         no = probs[:, self.no_ids].sum(-1)
         total = yes + no
-        scores = [float(y / t) if t > 0 and torch.isfinite(t) else None for y, t in zip(yes, total)]
+        scores = [float(y / t) if t > 0 and torch.isfinite(t) else None for y, t in zip(yes, total, strict=True)]
 
         inputs = self._inputs([reason_question(p) for p in prompts], pixels, tiles)
         # generate derives positions from the mask itself (cache-aware); passing ours would be stale.
@@ -150,5 +146,5 @@ class HFJudge:
         reasons = [r.strip() for r in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
         return [
             JudgeResult(score=s, answer=None if s is None else answer_of(s), reason=r, flagged=s is None)
-            for s, r in zip(scores, reasons)
+            for s, r in zip(scores, reasons, strict=True)
         ]
