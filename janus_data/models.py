@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from janus_data.config import RuntimeConfig
-from janus_data.errors import ConfigError, ModelError
+from janus_data.errors import ConfigError, ModelError, one_line
 
 TINY_VERSION = "v2"
 
@@ -76,6 +77,17 @@ def resolve_model(ref: str) -> str:
     if looks_local:
         raise ModelError(f"checkpoint not found: {ref}", hint="check the path, or use a hub id like org/name")
     return ref
+
+
+@contextmanager
+def loading(kind: str, ref: str, hint: str) -> Iterator[None]:
+    """Turn any library failure while loading checkpoint `ref` into a one-line ModelError."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        raise ModelError(f"cannot load {kind} checkpoint '{ref}': {one_line(err)}", hint=hint) from None
 
 
 def resolve_device(runtime: RuntimeConfig) -> torch.device:

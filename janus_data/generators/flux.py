@@ -8,26 +8,19 @@ from typing import Any
 import torch
 from diffusers import FluxPipeline
 from PIL import Image
-from safetensors import SafetensorError
 
 from janus_data.config import FluxGenConfig
-from janus_data.errors import ModelError, one_line
-from janus_data.models import resolve_model
+from janus_data.models import loading, resolve_model
 
 
 def load_flux(ref: str, device: torch.device, dtype: torch.dtype) -> FluxPipeline:
     """Load a diffusers-format FLUX checkpoint onto `device`, or raise ModelError."""
     path = resolve_model(ref)
-    try:
-        with warnings.catch_warnings():
-            # diffusers >= 0.36 prefers `dtype=`; `torch_dtype=` works on every supported version.
-            warnings.filterwarnings("ignore", message=".*use `dtype` instead.*", category=FutureWarning)
-            pipe = FluxPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
-    except (OSError, ValueError, KeyError, SafetensorError) as err:
-        raise ModelError(
-            f"cannot load FLUX checkpoint '{ref}': {one_line(err)}",
-            hint="use a diffusers-format checkpoint such as black-forest-labs/FLUX.1-dev (safetensors)",
-        ) from None
+    hint = "use a diffusers-format checkpoint such as black-forest-labs/FLUX.1-dev (safetensors)"
+    with loading("FLUX", ref, hint), warnings.catch_warnings():
+        # diffusers >= 0.36 prefers `dtype=`; `torch_dtype=` works on every supported version.
+        warnings.filterwarnings("ignore", message=".*use `dtype` instead.*", category=FutureWarning)
+        pipe = FluxPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -10,10 +10,10 @@ from PIL import Image
 from transformers import AutoTokenizer, JanusForConditionalGeneration
 
 from janus_data.config import JanusGenConfig
-from janus_data.errors import ModelError, one_line
+from janus_data.errors import ModelError
 from janus_data.generators.janus_loop import decode_image_tokens, generate_image_tokens
 from janus_data.generators.sampling import SamplerParams
-from janus_data.models import resolve_model
+from janus_data.models import loading, resolve_model
 from janus_data.padding import left_pad
 
 BOI = "<begin_of_image>"
@@ -27,16 +27,12 @@ def generation_prompt(prompt: str) -> str:
 def load_janus(ref: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
     """Load a transformers-format Janus-Pro checkpoint and its tokenizer, or raise ModelError."""
     path = resolve_model(ref)
-    try:
+    hint = "use a transformers-format checkpoint such as deepseek-community/Janus-Pro-7B (safetensors)"
+    with loading("Janus-Pro", ref, hint):
         model = JanusForConditionalGeneration.from_pretrained(
             path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
         )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as err:
-        raise ModelError(
-            f"cannot load Janus-Pro checkpoint '{ref}': {one_line(err)}",
-            hint="use a transformers-format checkpoint such as deepseek-community/Janus-Pro-7B (safetensors)",
-        ) from None
     return model.to(device).eval(), tokenizer
 
 

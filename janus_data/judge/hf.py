@@ -6,28 +6,24 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, InternVLForConditionalGeneration
 
-from janus_data.errors import ModelError, one_line
+from janus_data.errors import ModelError
 from janus_data.judge.scoring import NO_WORDS, YES_WORDS, answer_of
 from janus_data.judge.templates import IMAGE_TAG, consistency_question, reason_question
 from janus_data.judge.types import JudgeResult
-from janus_data.models import resolve_model
+from janus_data.models import loading, resolve_model
 from janus_data.padding import left_pad
 
 
 def load_internvl(ref: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
     """Load a transformers-format InternVL, its tokenizer and image processor, or raise ModelError."""
     path = resolve_model(ref)
-    try:
+    hint = "use a transformers-format InternVL checkpoint (an OpenGVLab/*-hf repo, safetensors)"
+    with loading("InternVL judge", ref, hint):
         model = InternVLForConditionalGeneration.from_pretrained(
             path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
         )
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         image_processor = AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ModelError(
-            f"cannot load InternVL judge '{ref}': {one_line(err)}",
-            hint="use a transformers-format InternVL checkpoint (an OpenGVLab/*-hf repo, safetensors)",
-        ) from None
     return model.to(device).eval(), tokenizer, image_processor
 
 
