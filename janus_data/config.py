@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -257,10 +257,8 @@ def validate(cfg: JanusRunConfig) -> None:
 def split_counts(cfg: SynthConfig) -> dict[str, int]:
     """Images per prompt for each enabled generator: flux gets round(n * flux_share)."""
     n = cfg.images_per_prompt
-    if cfg.generators == ("flux",) or list(cfg.generators) == ["flux"]:
-        return {"flux": n}
-    if list(cfg.generators) == ["janus"]:
-        return {"janus": n}
+    if len(set(cfg.generators)) == 1:
+        return {cfg.generators[0]: n}
     n_flux = round(n * cfg.flux_share)
     return {"flux": n_flux, "janus": n - n_flux}
 
@@ -273,7 +271,6 @@ __all__ = [
     "SynthConfig",
     "from_dict",
     "load_config",
-    "replace",
     "split_counts",
     "to_dict",
     "validate",
