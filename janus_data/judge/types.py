@@ -10,10 +10,28 @@ class JudgeResult:
     """One judged (prompt, image): S in [0, 1], its yes/no answer at 0.5, the reason text.
 
     `flagged` marks a pair whose S could not be read (no yes/no token visible); then `score`
-    and `answer` are None rather than guessed.
+    and `answer` are None rather than guessed. `error` is set (and S is None) when the judge
+    refused this one pair, e.g. a server that cannot decode its image; the rest of the batch
+    still counts.
     """
 
     score: float | None
     answer: str | None
     reason: str
     flagged: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One greedy chat answer of a judge model, as the OpenAI protocol reports it.
+
+    `top` lists the first generated token's most likely candidates as (token text, log-prob),
+    best first; it is empty unless top log-probabilities were asked for.
+    """
+
+    text: str
+    top: list[tuple[str, float]]
+    prompt_tokens: int
+    completion_tokens: int
+    finish: str
