@@ -19,7 +19,7 @@ import torch
 from janus_data.config import RuntimeConfig
 from janus_data.errors import ConfigError, ModelError, one_line
 
-TINY_VERSION = "v2"
+TINY_VERSION = "v3"
 
 
 def _tiny_builders() -> dict[str, Callable[[Path], Path]]:

@@ -64,6 +64,12 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # Wider than the usual 0.02 so random logits are far from uniform and greedy decoding varies.
 INIT_STD = 0.2
+# The answer channel: its value in every embedding (large, so it survives the final norm at about 3)
+# and the LM-head weight that reads it for the yes/no ids only.
+ANSWER_CHANNEL = 20.0
+ANSWER_LIFT = 5.0
+# Weight of the direction shared by the yes rows (and, negated, the no rows).
+ANSWER_SPREAD = 1.0
 
 # transformers' InternVL chat template (convert_internvl_weights_to_hf.py), images as <IMG_CONTEXT>.
 CHAT_TEMPLATE = (
@@ -120,6 +126,31 @@ def _train_qwen2_tokenizer() -> Qwen2Tokenizer:
     return tokenizer
 
 
+@torch.no_grad()
+def wire_answer_channel(model: InternVLForConditionalGeneration, yes_ids: list[int], no_ids: list[int]) -> None:
+    """Make the random model answer like a judge: every yes/no spelling tops the first-token list.
+
+    Hidden channel 0 is set to one large constant in every token embedding and no layer writes it
+    (row 0 of each attention output and MLP down projection is zero), so after the final norm
+    it is positive at every position. The LM head reads that channel only for the yes/no ids,
+    lifting them well above the rest, so a server's top-20 log-probabilities always hold all
+    twelve spellings and S over HTTP can equal S from the full softmax. The yes rows also share
+    one random direction and the no rows its opposite, so S, which depends on the image and the
+    prompt, spreads over most of [0, 1] instead of clustering at 0.5.
+    """
+    lm = model.model.language_model
+    lm.embed_tokens.weight[:, 0] = ANSWER_CHANNEL
+    for layer in lm.layers:
+        layer.self_attn.o_proj.weight[0] = 0.0
+        layer.mlp.down_proj.weight[0] = 0.0
+    head = model.lm_head.weight
+    head[:, 0] = 0.0
+    head[yes_ids + no_ids, 0] = ANSWER_LIFT
+    direction = torch.randn(head.shape[1] - 1) * INIT_STD
+    head[yes_ids, 1:] += ANSWER_SPREAD * direction
+    head[no_ids, 1:] -= ANSWER_SPREAD * direction
+
+
 def build_tiny_internvl(out_dir: str | Path, seed: int = 0) -> Path:
     """Build, save (safetensors) and return the directory of a tiny random InternVL."""
     out_dir = Path(out_dir)
@@ -157,6 +188,15 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     model = InternVLForConditionalGeneration(config).eval()
+    yes_ids, no_ids = (
+        [
+            tokenizer.convert_tokens_to_ids(t)
+            for w in words
+            for t in (*tokenizer.tokenize(w), *tokenizer.tokenize(f" {w}"))
+        ]
+        for words in (YES_NO[:3], YES_NO[3:])
+    )
+    wire_answer_channel(model, yes_ids, no_ids)
     gen = model.generation_config
     gen.eos_token_id = tokenizer.eos_token_id
     gen.pad_token_id = tokenizer.pad_token_id
