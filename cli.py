@@ -145,10 +145,12 @@ def models_tiny(
     if out is None:
         path = models.tiny_model_path(name)
     else:
-        builders = models._tiny_builders()
-        if name not in builders:
-            raise JanusError(f"unknown tiny model '{name}'", hint=f"choose from {', '.join(sorted(builders))}")
-        path = builders[name](out) if seed == 0 else builders[name](out, seed)
+        if name not in models.TINY_MODELS:
+            raise JanusError(
+                f"unknown tiny model '{name}'", hint=f"choose from {', '.join(sorted(models.TINY_MODELS))}"
+            )
+        build = models.tiny_builder(name)
+        path = build(out) if seed == 0 else build(out, seed)
     console.print(f"tiny {name}: {path}")
 
 

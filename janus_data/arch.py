@@ -1,8 +1,16 @@
-"""Real Janus-Pro architectures (1B, 7B) as configs, for random-weight benchmarks: no download."""
+"""Real architectures as configs, for random-weight benchmarks with no download: Janus-Pro and InternVL3."""
 
 from __future__ import annotations
 
-from transformers import JanusConfig, JanusVisionConfig, JanusVQVAEConfig, LlamaConfig
+from transformers import (
+    InternVLConfig,
+    InternVLVisionConfig,
+    JanusConfig,
+    JanusVisionConfig,
+    JanusVQVAEConfig,
+    LlamaConfig,
+    Qwen2Config,
+)
 
 # Shapes of deepseek-community/Janus-Pro-{1B,7B}: DeepSeek-LLM text towers, SigLIP-L/16 at
 # 384 px (576 image tokens), the 16384-code VQ tokenizer with 8-dim codes.
@@ -35,3 +43,60 @@ def janus_pro_config(size: str = "7b", vocab_size: int = 102400, image_token_id:
     )
     vq = JanusVQVAEConfig(projection_dim=t["hidden_size"], image_token_embed_dim=t["hidden_size"])
     return JanusConfig(text_config=text, vision_config=vision, vq_config=vq, image_token_id=image_token_id)
+
+
+# Qwen2.5 text towers of OpenGVLab/InternVL3-{1B,2B,8B,14B}-hf; all four see through InternViT-300M.
+_INTERNVL_TEXT = {
+    "1b": {
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+    },
+    "2b": {
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+    },
+    "8b": {
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+    },
+    "14b": {
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+    },
+}
+
+
+def internvl3_config(size: str = "8b", vocab_size: int = 151674, image_token_id: int = 151667) -> InternVLConfig:
+    """An InternVLConfig with InternVL3-{size}-hf's real dimensions (448 px tiles, 256 tokens each)."""
+    if size not in _INTERNVL_TEXT:
+        raise ValueError(f"size must be one of {sorted(_INTERNVL_TEXT)}")
+    text = Qwen2Config(
+        vocab_size=vocab_size, max_position_embeddings=32768, rope_theta=1000000.0, **_INTERNVL_TEXT[size]
+    )
+    vision = InternVLVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=[448, 448],
+        patch_size=[14, 14],
+    )
+    return InternVLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=image_token_id,
+        image_seq_length=256,
+        downsample_ratio=0.5,
+    )

@@ -40,3 +40,7 @@ def one_line(err: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
         msg = msg.split("Original error:", 1)[1]
     msg = " ".join(msg.replace("`", "").split()) or type(err).__name__
     return msg if len(msg) <= limit else msg[: limit - 1] + "…"
+
+
+class JudgeServerError(JanusError):
+    """A judge server cannot be reached, keeps failing, or rejects the API key."""

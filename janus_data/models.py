@@ -7,6 +7,7 @@ cache and then loaded with from_pretrained like any other checkpoint.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
@@ -22,12 +23,14 @@ from janus_data.errors import ConfigError, ModelError, one_line
 TINY_VERSION = "v3"
 
 
-def _tiny_builders() -> dict[str, Callable[[Path], Path]]:
-    from janus_data.tiny.flux import build_tiny_flux
-    from janus_data.tiny.internvl import build_tiny_internvl
-    from janus_data.tiny.janus import build_tiny_janus
+# Each builder is imported only when its model is built (the FLUX one needs diffusers).
+TINY_MODELS = ("janus", "flux", "internvl")
 
-    return {"janus": build_tiny_janus, "flux": build_tiny_flux, "internvl": build_tiny_internvl}
+
+def tiny_builder(name: str) -> Callable[..., Path]:
+    """The build function of tiny model `name` (out_dir, seed=0) -> out_dir."""
+    module = importlib.import_module(f"janus_data.tiny.{name}")
+    return getattr(module, f"build_tiny_{name}")
 
 
 def cache_dir() -> Path:
@@ -37,16 +40,15 @@ def cache_dir() -> Path:
 
 def tiny_model_path(name: str) -> Path:
     """Build (once, atomically) and return the directory of tiny model `name`."""
-    builders = _tiny_builders()
-    if name not in builders:
-        raise ModelError(f"unknown tiny model 'tiny:{name}'", hint=f"tiny models: {', '.join(sorted(builders))}")
+    if name not in TINY_MODELS:
+        raise ModelError(f"unknown tiny model 'tiny:{name}'", hint=f"tiny models: {', '.join(sorted(TINY_MODELS))}")
     target = cache_dir() / "tiny" / TINY_VERSION / name
     if (target / ".complete").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        builders[name](tmp)
+        tiny_builder(name)(tmp)
         (tmp / ".complete").write_text("ok\n")
         try:
             tmp.rename(target)

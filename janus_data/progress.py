@@ -56,10 +56,13 @@ def quiet_libraries() -> None:
     """Silence transformers/diffusers progress bars and chatter; our own bars say enough."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import diffusers
     import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+    try:
+        import diffusers
+    except ImportError:  # a judge-only or GPU-benchmark environment
+        return
     diffusers.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
