@@ -22,8 +22,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Data stages: synth -> score -> filter.", no_args_is_help=True)
 models_app = typer.Typer(help="Model utilities (tiny random models for tests and the demo).", no_args_is_help=True)
+serve_app = typer.Typer(help="Servers: the judge behind an OpenAI-compatible API.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(serve_app, name="serve")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -128,6 +130,93 @@ def synth(
     print_synth(result)
 
 
+def print_score(result) -> None:
+    """The score stage's headline, summary table and S histogram."""
+    from janus_data.summaries import score_headline, score_histogram, score_table
+
+    headline = score_headline(result)
+    if headline:
+        console.print(headline, highlight=False)
+    console.print(score_table(result))
+    if result.histogram.height:
+        console.print(score_histogram(result))
+
+
+@data_app.command("score")
+@user_errors
+def score(
+    run: RunOpt,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="hf (in process) or lmdeploy (judge servers).")] = None,
+    endpoint: Annotated[
+        list[str] | None,
+        typer.Option("--endpoint", help="Judge server base URL; repeat for several (implies --backend lmdeploy)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="hf: judge checkpoint; lmdeploy: served model name [default: asked].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch and manifest part.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="lmdeploy: requests in flight per endpoint.")] = None,
+    reason_tokens: Annotated[int | None, typer.Option(help="Most tokens of each reason (0: S only).")] = None,
+    rank: RankOpt = None,
+    world_size: WorldOpt = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Give every image of the run a consistency score S and a short reason (resumable, shardable).
+
+    Example: janus data score --run runs/r1 --endpoint http://gpu1:23333 --endpoint http://gpu2:23333
+    """
+    quiet_libraries()
+    from janus_data.dist import resolve_shard
+    from janus_data.rundir import load_run_config
+    from janus_data.score import run_score
+
+    flags = {"backend": backend, "model": model, "batch_size": batch_size}
+    flags |= {"concurrency": concurrency, "reason_tokens": reason_tokens}
+    if endpoint:
+        flags["endpoints"] = list(endpoint)
+        flags["backend"] = backend or "lmdeploy"
+    cfg = load_run_config(run, config, {"score": {k: v for k, v in flags.items() if v is not None}})
+    result = run_score(run, cfg, resolve_shard(rank, world_size), progress=None if progress else False)
+    print_score(result)
+
+
+@serve_app.command("judge")
+@user_errors
+def serve_judge(
+    model: Annotated[str, typer.Option(help="InternVL checkpoint (transformers format) or tiny:internvl.")],
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (LMDeploy's default is 23333).")] = 23333,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="Most requests answered in one forward batch.")] = 16,
+    max_tiles: Annotated[int, typer.Option(help="448 px tiles per image (plus a thumbnail).")] = 12,
+    api_key_env: Annotated[
+        str, typer.Option(help="Environment variable with the API key clients must send (unset: no key).")
+    ] = "JANUS_JUDGE_API_KEY",
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow checkpoint code. Off unless you trust it.")] = False,
+) -> None:
+    """Serve an InternVL judge over the OpenAI chat API subset LMDeploy speaks (for CPUs, tests, -hf checkpoints).
+
+    Example: janus serve judge --model tiny:internvl --port 23333
+    """
+    quiet_libraries()
+    from janus_data.config import RuntimeConfig
+    from janus_data.judge.hf import HFJudge
+    from janus_data.judge.server import JudgeServer
+    from janus_data.models import resolve_device, resolve_dtype
+
+    runtime = RuntimeConfig(device=device)
+    dev = resolve_device(runtime)
+    judge = HFJudge(model, dev, resolve_dtype(runtime, dev), max_tiles=max_tiles, trust_remote_code=trust_remote_code)
+    server = JudgeServer(judge, host, port, api_key=os.environ.get(api_key_env) or None, max_batch=max_batch)
+    key = f"clients must send the key in ${api_key_env}" if server.api_key else "no API key"
+    console.print(f"serving judge '{server.model_name}' at {server.url}/v1 ({key}); Ctrl-C stops", highlight=False)
+    server.serve_forever()
+
+
 @models_app.command("tiny")
 @user_errors
 def models_tiny(
@@ -168,17 +257,20 @@ def demo(
     quiet_libraries()
     from janus_data.config import PROJECT_ROOT, load_config
     from janus_data.contact import contact_sheet
+    from janus_data.score import run_score
     from janus_data.synth import run_synth
 
     prompts = PROJECT_ROOT / "manifests" / "demo_prompts.jsonl"
     console.print("[bold]janus demo[/]: tiny random models on CPU — they demonstrate the mechanics, not image quality.")
-    result = run_synth(run, load_config("tiny"), prompts, progress=None if progress else False)
-    print_synth(result)
+    cfg = load_config("tiny")
+    bars = None if progress else False
+    print_synth(run_synth(run, cfg, prompts, progress=bars))
     sheet = contact_sheet(run, run / "contact_sheet.png")
     console.print(f"contact sheet: {sheet}", highlight=False)
+    print_score(run_score(run, cfg, progress=bars))
     console.print(
         f'demo run: {run.resolve()}  (inspect: python -c "import polars as pl; '
-        f"print(pl.scan_parquet('{run}/manifests/images/**/*.parquet').collect())\")",
+        f"print(pl.scan_parquet('{run}/manifests/scores/**/*.parquet').collect())\")",
         highlight=False,
     )
 

@@ -96,11 +96,45 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class ScoreConfig:
+    """`janus data score`: the InternVL judge's consistency score S and reason for every image."""
+
+    backend: Literal["hf", "lmdeploy"] = "lmdeploy"
+    """'lmdeploy': OpenAI-compatible judge servers (lmdeploy serve api_server, janus serve judge);
+    'hf': a transformers-format InternVL checkpoint in this process."""
+    model: str | None = "OpenGVLab/InternVL2_5-26B"
+    """hf: the checkpoint (local directory, hub id of an -hf repo, or 'tiny:internvl'). lmdeploy:
+    the served model name, or null to take the first name the server lists."""
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:23333",)
+    """lmdeploy: base URLs of the judge servers; requests are spread over all of them."""
+    batch_size: int = 256
+    """Images per batch: one forward batch (hf) or one set of concurrent requests (lmdeploy);
+    each finished batch is one manifest part."""
+    concurrency: int = 64
+    """lmdeploy: requests in flight per endpoint (keeps the server's continuous batching full)."""
+    max_tiles: int = 12
+    """hf: dynamic 448 px tiles per image, plus a thumbnail when there is more than one."""
+    reason_tokens: int = 64
+    """Most tokens of the short reason (0: S only, no reason)."""
+    top_logprobs: int = 20
+    """lmdeploy: first-token candidates S is read from (LMDeploy allows at most 20)."""
+    timeout_s: float = 120.0
+    """lmdeploy: seconds to wait on one request before it counts as failed."""
+    retries: int = 5
+    """lmdeploy: tries per request (connection errors, timeouts, 408, 429, 5xx) before the batch fails."""
+    backoff_s: float = 1.0
+    """lmdeploy: first retry delay; it doubles per try (with jitter) up to 30 s."""
+    api_key_env: str = "JANUS_JUDGE_API_KEY"
+    """lmdeploy: environment variable holding the servers' API key (never written anywhere)."""
+
+
+@dataclass(frozen=True)
 class JanusRunConfig:
     """One run of the pipeline: every stage's settings."""
 
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
 
 T = TypeVar("T")
@@ -252,6 +286,19 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("synth.shard_images must be >= 1")
     if not 1 <= s.jpeg_quality <= 100:
         raise ConfigError("synth.jpeg_quality must lie in [1, 100]")
+    j = cfg.score
+    if j.batch_size < 1 or j.concurrency < 1 or j.retries < 1 or j.max_tiles < 1:
+        raise ConfigError("score.batch_size, concurrency, retries and max_tiles must be >= 1")
+    if j.reason_tokens < 0:
+        raise ConfigError("score.reason_tokens must be >= 0 (0 = no reason)")
+    if not 1 <= j.top_logprobs <= 20:
+        raise ConfigError(f"score.top_logprobs must lie in [1, 20] (LMDeploy's limit), got {j.top_logprobs}")
+    if j.timeout_s <= 0 or j.backoff_s < 0:
+        raise ConfigError("score.timeout_s must be > 0 and score.backoff_s >= 0")
+    if j.backend == "hf" and not j.model:
+        raise ConfigError("score.model must name a checkpoint when score.backend is hf", hint="e.g. tiny:internvl")
+    if j.backend == "lmdeploy" and not j.endpoints:
+        raise ConfigError("score.endpoints is empty", hint="pass --endpoint http://HOST:23333")
 
 
 def split_counts(cfg: SynthConfig) -> dict[str, int]:
@@ -268,6 +315,7 @@ __all__ = [
     "JanusGenConfig",
     "JanusRunConfig",
     "RuntimeConfig",
+    "ScoreConfig",
     "SynthConfig",
     "from_dict",
     "load_config",

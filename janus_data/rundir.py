@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from janus_data.config import JanusRunConfig, to_dict
+from janus_data.config import JanusRunConfig, load_config, to_dict
 from janus_data.manifest import atomic_write
 
 CONFIG_FILE = "config.yaml"
@@ -21,3 +22,11 @@ def save_run_config(run_dir: Path, cfg: JanusRunConfig) -> Path:
 def rank_dir(rank: int) -> str:
     """Per-rank subdirectory name, so ranks never write the same file."""
     return f"rank{rank:05d}"
+
+
+def load_run_config(run_dir: Path, source: str | None, overrides: dict[str, Any]) -> JanusRunConfig:
+    """The config a later stage runs with: `source` if given, else the run's own config.yaml, else 'paper'."""
+    if source is None:
+        saved = Path(run_dir) / CONFIG_FILE
+        source = str(saved) if saved.is_file() else "paper"
+    return load_config(source, overrides)

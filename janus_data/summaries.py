@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from rich import box
 from rich.table import Table
 
 from janus_data.manifest import manifest_dir
+from janus_data.score import THRESHOLDS, ScoreResult
 from janus_data.synth import SynthResult
 
 
@@ -50,3 +52,60 @@ def synth_headline(result: SynthResult) -> str:
         total = sum(g.planned for g in result.generators.values())
         parts.append(f"nothing to do: all {total:,} images of this rank already exist")
     return "\n".join(parts)
+
+
+def score_table(result: ScoreResult) -> Table:
+    """Per generator over the whole run: images, flagged and error rows, mean S and pass rates (S >= t)."""
+    shard = result.shard
+    title = f"janus data score — rank {shard.rank}/{shard.world_size}" + (
+        f", judge {result.judge}" if result.judge else ""
+    )
+    table = Table(title=title, title_justify="left", box=box.SIMPLE)
+    columns = ("generator", "images", "flagged", "errors", "mean S", *[f"≥{t}" for t in THRESHOLDS])
+    for col in columns:
+        table.add_column(col, justify="left" if col == "generator" else "right", no_wrap=True, min_width=5)
+    for row in result.by_generator.iter_rows(named=True):
+        mean = row["mean_s"]
+        table.add_row(
+            row["generator"],
+            f"{row['images']:,}",
+            f"{row['flagged']:,}",
+            f"{row['errors']:,}",
+            "-" if mean is None else f"{mean:.3f}",
+            *["-" if row[f"pass_{t}"] is None else f"{row[f'pass_{t}']:.1%}" for t in THRESHOLDS],
+        )
+    rate = f"{result.images_per_s:.2f} img/s" if result.judged else "-"
+    table.caption = (
+        f"this call: {result.written:,} rows written ({result.judged:,} judged at {rate}, "
+        f"{result.errors:,} errors, {result.flagged:,} flagged), {result.existing:,}/{result.planned:,} "
+        f"already scored · wall {result.seconds:.1f} s\n"
+        f"manifest: {manifest_dir(result.run_dir, 'scores')}"
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def score_histogram(result: ScoreResult, width: int = 30) -> Table:
+    """A terminal histogram of S in ten bins, one bar column per generator."""
+    counts = {(r["generator"], r["bin"]): r["count"] for r in result.histogram.iter_rows(named=True)}
+    generators = sorted({g for g, _ in counts})
+    table = Table(title="S histogram", title_justify="left", box=None, pad_edge=False)
+    table.add_column("S", justify="left")
+    for gen in generators:
+        table.add_column(gen, justify="left")
+    peak = max(counts.values(), default=0)
+    for b in range(10):
+        cells = []
+        for gen in generators:
+            n = counts.get((gen, b), 0)
+            bar = "█" * round(width * n / peak) if peak else ""
+            cells.append(f"{bar} {n:,}" if n else "")
+        table.add_row(f"{b / 10:.1f}–{(b + 1) / 10:.1f}", *cells)
+    return table
+
+
+def score_headline(result: ScoreResult) -> str:
+    """One line: what happened."""
+    if result.written == 0:
+        return f"nothing to do: all {result.planned:,} images of this rank already have a score"
+    return ""

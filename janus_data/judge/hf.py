@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, InternVLForConditionalGeneration
@@ -184,12 +186,13 @@ class HFJudge:
         return answers
 
     @torch.inference_mode()
-    def score(self, prompts: list[str], images: list[Image.Image]) -> list[JudgeResult]:
-        """One JudgeResult per (prompt, image), all pairs in one batch."""
+    def score(self, prompts: list[str], images: list[Image.Image | bytes]) -> list[JudgeResult]:
+        """One JudgeResult per (prompt, image), all pairs in one batch; images as PIL or encoded bytes."""
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
         if not prompts:
             return []
+        images = [Image.open(io.BytesIO(im)) if isinstance(im, bytes) else im for im in images]
         pixels, tiles = self.preprocess(images)
         first, _, _ = self._generate([consistency_question(p) for p in prompts], pixels, tiles, 1)
         probs = first.exp()

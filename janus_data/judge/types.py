@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -35,3 +38,12 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     finish: str
+
+
+class Judge(Protocol):
+    """What a stage needs of a judge backend (HFJudge in process, ServerJudge over HTTP)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def score(self, prompts: list[str], images: list[Image.Image | bytes]) -> list[JudgeResult]: ...

@@ -1,0 +1,265 @@
+"""`janus data score`: the judge's consistency score S and a short reason for every image.
+
+The work is the run's image manifest, sliced by rank exactly as synth slices it (by prompt),
+anti-joined against the score manifest. Each batch's image bytes are read (and checked
+against their sha256, then decoded) in a background thread while the judge scores the
+previous batch; each scored batch appears as one manifest part, atomically. A killed run
+leaves whole parts, and a rerun scores only what has no row yet.
+
+An image that cannot be read, fails its checksum or does not decode gets a row with
+status 'error' and no S: it is counted, never fatal. A judge that cannot be reached
+(after the client's retries) fails the current batch with one line; finished parts stay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from PIL import Image
+
+from janus_data.config import JanusRunConfig
+from janus_data.dist import Shard
+from janus_data.errors import JanusError, RunDirError, one_line
+from janus_data.judge.factory import check_judge, make_judge
+from janus_data.judge.types import Judge, JudgeResult
+from janus_data.manifest import clean_temp_files, ensure_writable, manifest_dir, scan_manifest, write_parquet_atomic
+from janus_data.progress import stage_progress
+from janus_data.prompts import read_prompts_manifest
+from janus_data.rundir import rank_dir, save_run_config
+from janus_data.seeds import shard_of
+from janus_data.storage import read_image_bytes
+from janus_data.synth import IMAGE_SCHEMA
+
+SCORE_SCHEMA: dict[str, pl.DataType] = {
+    "image_id": pl.Utf8,
+    "prompt_id": pl.Utf8,
+    "generator": pl.Utf8,
+    "judge": pl.Utf8,
+    "score": pl.Float64,
+    "answer": pl.Utf8,
+    "reason": pl.Utf8,
+    "status": pl.Utf8,
+    "error": pl.Utf8,
+    "seconds": pl.Float64,
+    "rank": pl.Int32,
+}
+STATUSES = ("ok", "flagged", "error")
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class ScoreResult:
+    """What one score call did, and the run's score distribution after it."""
+
+    run_dir: Path
+    shard: Shard
+    judge: str | None = None
+    planned: int = 0
+    existing: int = 0
+    written: int = 0
+    judged: int = 0
+    errors: int = 0
+    flagged: int = 0
+    seconds: float = 0.0
+    judge_seconds: float = 0.0
+    by_generator: pl.DataFrame = field(default_factory=pl.DataFrame)
+    histogram: pl.DataFrame = field(default_factory=pl.DataFrame)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.judged / self.judge_seconds if self.judge_seconds > 0 else 0.0
+
+
+@dataclass
+class LoadedImage:
+    """One image's bytes, or why it cannot be judged."""
+
+    data: bytes | None
+    error: str | None
+
+
+def plan_scores(run_dir: Path, shard: Shard) -> pl.DataFrame:
+    """Every image this rank judges: the image manifest's rows of its prompts, with the prompt text."""
+    images = scan_manifest(run_dir, "images", IMAGE_SCHEMA).select(
+        "image_id", "prompt_id", "generator", "shard", "offset", "length", "sha256"
+    )
+    prompts = read_prompts_manifest(run_dir).select("prompt_id", "prompt")
+    mine = [pid for pid in prompts["prompt_id"] if shard_of(pid, shard.world_size) == shard.rank]
+    return (
+        images.filter(pl.col("prompt_id").is_in(mine))
+        .unique("image_id", keep="first")
+        .collect()
+        .join(prompts, on="prompt_id", how="left")
+        .sort("generator", "prompt_id", "image_id")
+    )
+
+
+def scored_image_ids(run_dir: Path) -> pl.DataFrame:
+    """image_id of every image that already has a score row (any rank, any status)."""
+    return scan_manifest(run_dir, "scores", SCORE_SCHEMA).select("image_id").unique().collect()
+
+
+def load_image(run_dir: Path, row: dict) -> LoadedImage:
+    """Read, checksum and decode one stored image; never raises for a bad image."""
+    try:
+        data = read_image_bytes(run_dir, row["shard"], row["offset"], row["length"])
+    except (OSError, RunDirError) as err:
+        return LoadedImage(None, f"unreadable: {one_line(err)}")
+    if row["sha256"] and hashlib.sha256(data).hexdigest() != row["sha256"]:
+        return LoadedImage(None, "corrupt: bytes do not match the manifest's sha256")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError
+        return LoadedImage(None, f"undecodable: {one_line(err)}")
+    return LoadedImage(data, None)
+
+
+def load_batch(run_dir: Path, batch: pl.DataFrame) -> list[LoadedImage]:
+    return [load_image(run_dir, row) for row in batch.iter_rows(named=True)]
+
+
+def batches(todo: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
+    for start in range(0, todo.height, size):
+        yield todo.slice(start, size)
+
+
+def score_rows(
+    batch: pl.DataFrame,
+    loaded: list[LoadedImage],
+    judged: dict[int, JudgeResult],
+    judge_id: str,
+    seconds: float,
+    rank: int,
+) -> pl.DataFrame:
+    """The manifest rows of one batch: one per image, in batch order."""
+    rows: dict[str, list] = {k: [] for k in SCORE_SCHEMA}
+    per_image = seconds / max(1, len(judged))
+    for i, (img, item) in enumerate(zip(batch.iter_rows(named=True), loaded, strict=True)):
+        result = judged.get(i)
+        if result is None:
+            result = JudgeResult(None, None, "", False, error=item.error)
+        error = result.error
+        status = "error" if error else ("flagged" if result.flagged else "ok")
+        rows["image_id"].append(img["image_id"])
+        rows["prompt_id"].append(img["prompt_id"])
+        rows["generator"].append(img["generator"])
+        rows["judge"].append(judge_id)
+        rows["score"].append(result.score)
+        rows["answer"].append(result.answer)
+        rows["reason"].append(result.reason)
+        rows["status"].append(status)
+        rows["error"].append(error)
+        rows["seconds"].append(per_image if i in judged else 0.0)
+        rows["rank"].append(rank)
+    return pl.DataFrame(rows, schema=SCORE_SCHEMA)
+
+
+def write_scores(run_dir: Path, df: pl.DataFrame, rank: int) -> Path:
+    """One batch's part, named after its images so a rerun of the same batch cannot double it."""
+    part = "part-" + hashlib.sha1("|".join(df["image_id"]).encode()).hexdigest()[:16]
+    return write_parquet_atomic(df, manifest_dir(run_dir, "scores") / rank_dir(rank) / f"{part}.parquet")
+
+
+def score_stats(run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per generator over the whole run: counts, mean S, pass rates; and a 10-bin histogram of S."""
+    scores = scan_manifest(run_dir, "scores", SCORE_SCHEMA)
+    s = pl.col("score")
+    by_generator = (
+        scores.group_by("generator")
+        .agg(
+            pl.len().alias("images"),
+            (pl.col("status") == "ok").sum().alias("ok"),
+            (pl.col("status") == "flagged").sum().alias("flagged"),
+            (pl.col("status") == "error").sum().alias("errors"),
+            s.mean().alias("mean_s"),
+            *[(s >= t).mean().alias(f"pass_{t}") for t in THRESHOLDS],
+        )
+        .sort("generator")
+        .collect()
+    )
+    histogram = (
+        scores.filter(s.is_not_null())
+        .with_columns((s * 10).floor().clip(0, 9).cast(pl.Int32).alias("bin"))
+        .group_by("generator", "bin")
+        .agg(pl.len().alias("count"))
+        .collect()
+    )
+    return by_generator, histogram
+
+
+def run_score(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    shard: Shard = Shard(),
+    progress: bool | None = None,
+    judge: Judge | None = None,
+) -> ScoreResult:
+    """Score every image of this rank's slice of the run that has no score row yet."""
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not (manifest_dir(run_dir, "images")).exists():
+        raise RunDirError(f"run {run_dir} has no image manifest", hint="run `janus data synth` on it first")
+    ensure_writable(run_dir)
+    clean_temp_files(manifest_dir(run_dir, "scores"))
+    result = ScoreResult(run_dir, shard)
+    plan = plan_scores(run_dir, shard)
+    todo = plan.join(scored_image_ids(run_dir), on="image_id", how="anti")
+    result.planned, result.existing = plan.height, plan.height - todo.height
+    if todo.height:
+        if judge is None:
+            check_judge(cfg)  # a missing checkpoint or a dead server fails here, in seconds
+        save_run_config(run_dir, cfg)
+        judge = judge or make_judge(cfg)
+        result.judge = judge.model_id
+        _score_batches(run_dir, cfg, shard, progress, judge, todo, result)
+    result.by_generator, result.histogram = score_stats(run_dir)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _score_batches(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    shard: Shard,
+    progress: bool | None,
+    judge: Judge,
+    todo: pl.DataFrame,
+    result: ScoreResult,
+) -> None:
+    """Judge `todo` batch by batch, reading the next batch's bytes while the judge works."""
+    chunks = list(batches(todo, cfg.score.batch_size))
+    with stage_progress(progress) as bars, ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-io") as io_pool:
+        task = bars.add_task("score", total=todo.height, unit="img")
+        pending: Future = io_pool.submit(load_batch, run_dir, chunks[0])
+        for n, batch in enumerate(chunks):
+            loaded = pending.result()
+            if n + 1 < len(chunks):
+                pending = io_pool.submit(load_batch, run_dir, chunks[n + 1])
+            ok = [i for i, item in enumerate(loaded) if item.data is not None]
+            prompts = batch["prompt"].to_list()
+            t0 = time.perf_counter()
+            try:
+                results = judge.score([prompts[i] for i in ok], [loaded[i].data for i in ok]) if ok else []
+            except JanusError as err:
+                done = result.existing + result.written
+                kept = f"{done:,} of {result.planned:,} images of this rank are scored and kept"
+                err.hint = f"{err.hint}; {kept}: rerun the same command to resume" if err.hint else kept
+                raise
+            dt = time.perf_counter() - t0
+            judged = dict(zip(ok, results, strict=True))
+            df = score_rows(batch, loaded, judged, result.judge or "", dt, shard.rank)
+            write_scores(run_dir, df, shard.rank)
+            result.written += df.height
+            result.judged += len(ok)
+            result.errors += int((df["status"] == "error").sum())
+            result.flagged += int((df["status"] == "flagged").sum())
+            result.judge_seconds += dt
+            bars.advance(task, batch.height)

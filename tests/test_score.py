@@ -1,0 +1,249 @@
+"""`janus data score`: one row per image, resumable, shardable, bad images as error rows, both backends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import polars as pl
+import pytest
+import torch
+
+from janus_data.config import load_config, with_overrides
+from janus_data.dist import Shard
+from janus_data.errors import JudgeServerError, RunDirError
+from janus_data.judge.client import ServerJudge
+from janus_data.judge.hf import HFJudge
+from janus_data.judge.server import JudgeServer
+from janus_data.score import SCORE_SCHEMA, run_score
+from janus_data.summaries import score_histogram, score_table
+from janus_data.synth import run_synth
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPTS = ["a red cube on a table", "a yellow taxi", "a lighthouse at night"]  # ranks of 2: 1, 0, 1
+
+
+def scores(run: Path) -> pl.DataFrame:
+    return pl.scan_parquet(str(run / "manifests/scores/**/*.parquet")).collect()
+
+
+def tiny_cfg(**score):
+    return with_overrides(load_config("tiny"), {"synth": {"images_per_prompt": 4}, "score": score})
+
+
+@pytest.fixture(scope="module")
+def synth_run(tmp_path_factory, janus_cache) -> Path:
+    """A finished synth run: 3 prompts x (2 FLUX + 2 Janus) tiny images."""
+    root = tmp_path_factory.mktemp("score")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    run_synth(root / "run", tiny_cfg(), prompts, progress=False)
+    return root / "run"
+
+
+@pytest.fixture
+def run(synth_run, tmp_path) -> Path:
+    """A private copy of the synth run, not yet scored."""
+    return Path(shutil.copytree(synth_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def hf_scores(synth_run, tmp_path_factory) -> pl.DataFrame:
+    """The run scored in process, once (the reference for the other tests)."""
+    run = Path(shutil.copytree(synth_run, tmp_path_factory.mktemp("hf") / "run"))
+    run_score(run, tiny_cfg(), progress=False)
+    return scores(run).sort("image_id")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_internvl):
+    cfg = tiny_cfg().score
+    judge = HFJudge(str(tiny_internvl), torch.device("cpu"), torch.float32, cfg.max_tiles, cfg.reason_tokens)
+    with JudgeServer(judge, model_name="tiny-judge") as srv:
+        yield srv
+
+
+def test_one_score_per_image_in_unit_interval_with_reason(hf_scores, synth_run):
+    images = pl.scan_parquet(str(synth_run / "manifests/images/**/*.parquet")).collect()
+    assert hf_scores.height == images.height == 12
+    assert sorted(hf_scores["image_id"]) == sorted(images["image_id"])
+    assert hf_scores["image_id"].n_unique() == hf_scores.height
+    assert (hf_scores["status"] == "ok").all()
+    assert hf_scores["score"].is_between(0, 1).all()
+    assert hf_scores.select(pl.col("score").std()).item() > 0.01  # S depends on the pair
+    assert all(a == ("yes" if s >= 0.5 else "no") for a, s in zip(hf_scores["answer"], hf_scores["score"], strict=True))
+    assert (hf_scores["reason"].str.len_chars() > 0).all()
+    assert set(hf_scores["judge"]) == {"tiny:internvl"}
+    assert dict(hf_scores.schema) == SCORE_SCHEMA
+
+
+def test_manifest_reads_with_pandas(hf_scores, tmp_path):
+    path = tmp_path / "s.parquet"
+    hf_scores.write_parquet(path)
+    assert len(pd.read_parquet(path)) == hf_scores.height
+
+
+def test_rerun_scores_nothing_and_loads_no_judge(run):
+    cfg = tiny_cfg()
+    first = run_score(run, cfg, progress=False)
+    assert first.written == first.planned == 12
+    before = sorted(p.name for p in (run / "manifests/scores").rglob("*.parquet"))
+
+    class NoJudge:
+        model_id = "never"
+
+        def score(self, prompts, images):
+            raise AssertionError("a complete run must not judge again")
+
+    again = run_score(run, cfg, progress=False, judge=NoJudge())
+    assert (again.written, again.existing, again.judge) == (0, 12, None)
+    assert sorted(p.name for p in (run / "manifests/scores").rglob("*.parquet")) == before
+    assert scores(run).height == 12
+
+
+def test_two_ranks_split_the_work_and_match_one_process(run, hf_scores):
+    cfg = tiny_cfg()
+    a = run_score(run, cfg, Shard(0, 2), progress=False)
+    b = run_score(run, cfg, Shard(1, 2), progress=False)
+    assert a.written + b.written == 12 and a.written > 0 and b.written > 0
+    got = scores(run).sort("image_id")
+    assert got["image_id"].to_list() == hf_scores["image_id"].to_list()
+    # Different batch compositions: batched S equals one-at-a-time S well inside 1e-5.
+    assert (got["score"] - hf_scores["score"]).abs().max() < 1e-5
+    assert set(got["rank"]) == {0, 1}
+
+
+def test_corrupt_and_unreadable_images_become_error_rows(run):
+    images = pl.scan_parquet(str(run / "manifests/images/**/*.parquet")).collect().sort("image_id")
+    bad = images.row(0, named=True)
+    with open(run / bad["shard"], "r+b") as fh:  # flip bytes inside one stored image
+        fh.seek(bad["offset"] + bad["length"] // 2)
+        fh.write(b"\x00garbage\x00")
+    janus_shards = images.filter(pl.col("generator") == "janus")["shard"].unique().to_list()
+    lost = images.filter(pl.col("shard") == janus_shards[0])
+    (run / janus_shards[0]).unlink()  # a whole shard gone
+
+    result = run_score(run, tiny_cfg(), progress=False)
+    df = scores(run)
+    assert df.height == 12 and df["image_id"].n_unique() == 12
+    errors = df.filter(pl.col("status") == "error")
+    assert set(errors["image_id"]) == {bad["image_id"], *lost["image_id"]}
+    assert errors["score"].is_null().all()
+    assert errors.filter(pl.col("image_id") == bad["image_id"])["error"].item().startswith("corrupt")
+    assert all(e.startswith("unreadable") for e in errors.filter(pl.col("image_id") != bad["image_id"])["error"])
+    assert result.errors == errors.height
+    assert df.filter(pl.col("status") == "ok")["score"].is_between(0, 1).all()
+    by_gen = {r["generator"]: r for r in result.by_generator.iter_rows(named=True)}
+    assert sum(r["errors"] for r in by_gen.values()) == errors.height
+
+
+def test_summary_tables_render(hf_scores, run):
+    result = run_score(run, tiny_cfg(), progress=False)
+    from rich.console import Console
+
+    console = Console(width=100, record=True)
+    console.print(score_table(result))
+    console.print(score_histogram(result))
+    text = console.export_text()
+    for word in ("flux", "janus", "mean S", "≥0.8", "0.9–1.0", "█"):
+        assert word in text
+    assert sum(result.histogram["count"]) == 12
+
+
+def test_server_backend_matches_in_process(run, server, hf_scores):
+    cfg = tiny_cfg(backend="lmdeploy", endpoints=[server.url], model=None, batch_size=5, concurrency=4)
+    result = run_score(run, cfg, progress=False)
+    assert result.judge == "server:tiny-judge"
+    got = scores(run).sort("image_id")
+    assert got["image_id"].to_list() == hf_scores["image_id"].to_list()
+    assert (got["status"] == "ok").all()
+    assert (got["score"] - hf_scores["score"]).abs().max() < 1e-4
+    assert got["reason"].to_list() == hf_scores["reason"].to_list()
+
+
+def test_dead_server_fails_the_batch_and_keeps_finished_rows(run, server):
+    cfg = tiny_cfg(backend="lmdeploy", endpoints=[server.url], model=None, batch_size=4, retries=2, backoff_s=0.01)
+
+    class DiesAfterOneBatch(ServerJudge):
+        calls = 0
+
+        def score(self, prompts, images):
+            DiesAfterOneBatch.calls += 1
+            if DiesAfterOneBatch.calls == 2:
+                self._urls = ["http://127.0.0.1:9"]  # nothing listens on the discard port
+                self.endpoints = list(self._urls)
+            return super().score(prompts, images)
+
+    flaky = DiesAfterOneBatch([server.url], model="tiny-judge", retries=2, backoff_s=0.01, timeout_s=5)
+    with pytest.raises(JudgeServerError) as info:
+        run_score(run, cfg, progress=False, judge=flaky)
+    message = str(info.value)
+    assert "\n" not in message and "127.0.0.1:9" in message and "rerun" in message
+    assert "4 of 12" in message
+    kept = scores(run)
+    assert kept.height == 4 and (kept["status"] == "ok").all()
+
+    result = run_score(run, cfg, progress=False)  # the server is back: resume
+    assert result.existing == 4 and result.written == 8
+    df = scores(run)
+    assert df.height == 12 and df["image_id"].n_unique() == 12
+
+
+def test_run_without_images_is_a_clear_error(tmp_path):
+    with pytest.raises(RunDirError, match="no image manifest"):
+        run_score(tmp_path / "empty", tiny_cfg(), progress=False)
+
+
+# ---------------------------------------------------------------- real processes: the CLI
+
+
+def score_cmd(run: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "cli.py"), "data", "score", "--run", str(run), "--no-progress", *extra]
+
+
+def test_sigkill_then_rerun_loses_and_duplicates_nothing(run):
+    proc = subprocess.Popen(score_cmd(run, "--batch-size", "1"), stderr=subprocess.PIPE)
+    parts = run / "manifests" / "scores"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if parts.exists() and len(list(parts.rglob("*.parquet"))) >= 2:
+            break
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = scores(run).height
+    res = subprocess.run(score_cmd(run), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    df = scores(run)
+    assert df.height == 12 and df["image_id"].n_unique() == 12
+    assert killed and 0 < partial < 12, (killed, partial)
+    assert not list(run.rglob("*.tmp"))
+    again = subprocess.run(score_cmd(run), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert scores(run).height == 12
+
+
+def test_cli_unreachable_server_is_one_line_and_writes_nothing(run):
+    res = subprocess.run(
+        score_cmd(run, "--endpoint", "http://127.0.0.1:9"), capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "lmdeploy serve api_server" in lines[0]
+    assert "Traceback" not in res.stderr
+    assert not (run / "manifests" / "scores").exists() or not list((run / "manifests/scores").rglob("*.parquet"))
+
+
+def test_cli_run_without_images_is_one_line(tmp_path):
+    res = subprocess.run(score_cmd(tmp_path / "nothing"), capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("error:") and "janus data synth" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
