@@ -1,11 +1,16 @@
-"""In-process judge throughput: images/s of HFJudge.score at batch 1 and batch B, as a ratio from one run.
+"""Judge throughput, each as a ratio from one run:
 
-    python benchmarks/bench_judge.py                                    # tiny judge, CPU
-    python benchmarks/bench_judge.py --arch 8b --batch 32 --size 1024   # a GPU: InternVL3-8B shapes, random bf16
+- hf: images/s of HFJudge.score in process at batch 1 vs batch B;
+- server: images/s of the lmdeploy client (ServerJudge) against an in-process JudgeServer at
+  client concurrency 1 vs N. The server gathers concurrent requests into one forward batch, so
+  concurrency pays off as with LMDeploy's continuous batching.
+
+    python benchmarks/bench_judge.py                                              # tiny judge, CPU, both
+    python benchmarks/bench_judge.py --only hf --arch 8b --batch 32 --size 1024   # a GPU: InternVL3-8B shapes
 
 Each image is scored as `janus data score` does it: the yes/no question (S from the first token)
-and then a greedy reason of `--reason-tokens` tokens. Random weights never stop early, so the
-reason always runs its full length (the worst case).
+and then a greedy reason of `--reason-tokens` tokens (over HTTP: two requests). Random weights
+never stop early, so the reason always runs its full length (the worst case).
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import torch
 from PIL import Image
 
 from janus_data.config import RuntimeConfig
+from janus_data.judge.client import ServerJudge
 from janus_data.judge.hf import HFJudge
+from janus_data.judge.server import JudgeServer
 from janus_data.models import resolve_device, resolve_dtype, tiny_model_path
 from janus_data.progress import quiet_libraries
 
@@ -63,6 +70,26 @@ def rate(judge: HFJudge, images: list[Image.Image], batch: int) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
+def client_rate(url: str, images: list[Image.Image], concurrency: int, reason_tokens: int) -> float:
+    """Images/s of one ServerJudge.score call over all `images` (after a small warm-up)."""
+    client = ServerJudge([url], concurrency=concurrency, reason_tokens=reason_tokens)
+    prompts = [f"a photo of object number {i} on a table" for i in range(len(images))]
+    client.score(prompts[:2], images[:2])
+    t0 = time.perf_counter()
+    results = client.score(prompts, images)
+    elapsed = time.perf_counter() - t0
+    if any(r.error for r in results):
+        raise SystemExit(f"error rows: {[r.error for r in results if r.error][:3]}")
+    return len(images) / elapsed
+
+
+def table(label: str, rows: list[tuple[int, float]]) -> None:
+    print(f"{label:>12}{'img/s':>10}")
+    for key, value in rows:
+        print(f"{key:>12}{value:>10.2f}")
+    print(f"ratio {label} {rows[1][0]} / {rows[0][0]}: {rows[1][1] / rows[0][1]:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny:internvl", help="judge checkpoint (ignored with --arch)")
@@ -72,6 +99,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=384, help="image side in px (384: 1 tile; 1024: 9 tiles + thumbnail)")
     ap.add_argument("--max-tiles", type=int, default=12)
     ap.add_argument("--reason-tokens", type=int, default=64)
+    ap.add_argument("--only", choices=["hf", "server"], default=None)
+    ap.add_argument("--concurrency", type=int, default=16, help="server: client requests in flight (vs 1)")
+    ap.add_argument("--max-batch", type=int, default=16, help="server: micro-batch size")
     args = ap.parse_args()
 
     quiet_libraries()
@@ -85,14 +115,18 @@ def main() -> None:
     name = f"InternVL3-{args.arch} (random)" if args.arch else args.model
     print(
         f"judge {name}, device {device}, dtype {dtype}, {args.size} px = {tiles} tiles, "
-        f"reason {args.reason_tokens} tokens, {n} images, torch {torch.__version__}"
+        f"reason {args.reason_tokens} tokens, {n} images, torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
-    one = rate(judge, images[: max(2, n // 4)], 1)
-    many = rate(judge, images, args.batch)
-    print(f"{'batch':>6}{'img/s':>10}")
-    print(f"{1:>6}{one:>10.2f}")
-    print(f"{args.batch:>6}{many:>10.2f}")
-    print(f"ratio batch {args.batch} / batch 1: {many / one:.2f}x")
+    if args.only in (None, "hf"):
+        one = rate(judge, images[: max(2, n // 4)], 1)
+        many = rate(judge, images, args.batch)
+        table("batch", [(1, one), (args.batch, many)])
+    if args.only in (None, "server"):
+        server_images = noise_images(args.images or 48, args.size, seed=1)
+        print(f"server: {len(server_images)} images, JudgeServer max_batch {args.max_batch} in this process")
+        with JudgeServer(judge, max_batch=args.max_batch) as server:
+            rows = [(c, client_rate(server.url, server_images, c, args.reason_tokens)) for c in (1, args.concurrency)]
+        table("concurrency", rows)
 
 
 if __name__ == "__main__":

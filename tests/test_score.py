@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import polars as pl
 import pytest
@@ -247,3 +249,44 @@ def test_cli_run_without_images_is_one_line(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip().startswith("error:") and "janus data synth" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_cli_serve_judge_then_score_over_http(run, hf_scores):
+    port = free_port()
+    cmd = [sys.executable, str(REPO / "cli.py"), "serve", "judge", "--model", "tiny:internvl", "--port", str(port)]
+    server = subprocess.Popen([*cmd, "--max-tiles", "2"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        res = subprocess.run(
+            score_cmd(run, "--endpoint", f"127.0.0.1:{port}"), capture_output=True, text=True, timeout=300
+        )
+        assert res.returncode == 0, res.stderr
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    got = scores(run).sort("image_id")
+    assert set(got["judge"]) == {"server:tiny:internvl"}
+    assert (got["score"] - hf_scores["score"]).abs().max() < 1e-4
+    assert "Traceback" not in server.stderr.read()
+
+
+def test_cli_missing_judge_checkpoint_is_one_line(run):
+    res = subprocess.run(
+        score_cmd(run, "--backend", "hf", "--model", str(run / "no-such-judge")), capture_output=True, text=True
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("error:") and "no-such-judge" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (run / "manifests" / "scores").exists()
