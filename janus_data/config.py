@@ -107,9 +107,10 @@ class ScoreConfig:
     the served model name, or null to take the first name the server lists."""
     endpoints: tuple[str, ...] = ("http://127.0.0.1:23333",)
     """lmdeploy: base URLs of the judge servers; requests are spread over all of them."""
-    batch_size: int = 256
-    """Images per batch: one forward batch (hf) or one set of concurrent requests (lmdeploy);
-    each finished batch is one manifest part."""
+    batch_size: int = 1024
+    """Images per batch and manifest part. hf: one forward batch. lmdeploy: the requests kept in
+    flight are drawn from it, so make it several times concurrency x endpoints: the servers
+    only drain at a batch's end."""
     concurrency: int = 64
     """lmdeploy: requests in flight per endpoint (keeps the server's continuous batching full)."""
     max_tiles: int = 12

@@ -23,6 +23,7 @@ from janus_data.errors import JudgeServerError, RunDirError
 from janus_data.judge.client import ServerJudge
 from janus_data.judge.hf import HFJudge
 from janus_data.judge.server import JudgeServer
+from janus_data.judge.types import JudgeResult
 from janus_data.score import SCORE_SCHEMA, run_score
 from janus_data.summaries import score_histogram, score_table
 from janus_data.synth import run_synth
@@ -290,3 +291,29 @@ def test_cli_missing_judge_checkpoint_is_one_line(run):
     assert res.stderr.strip().startswith("error:") and "no-such-judge" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (run / "manifests" / "scores").exists()
+
+
+def test_flagged_and_refused_pairs_are_recorded_not_guessed(run):
+    """A judge that sees no yes/no token flags the pair; one that refuses a pair gives an error row."""
+
+    class PickyJudge:
+        model_id = "picky"
+
+        def score(self, prompts, images):
+            out = []
+            for i, _ in enumerate(prompts):
+                if i % 3 == 0:
+                    out.append(JudgeResult(None, None, "", True))
+                elif i % 3 == 1:
+                    out.append(JudgeResult(None, None, "", False, error="HTTP 400: cannot decode"))
+                else:
+                    out.append(JudgeResult(0.9, "yes", "fine", False))
+            return out
+
+    result = run_score(run, tiny_cfg(batch_size=12), progress=False, judge=PickyJudge())
+    df = scores(run)
+    assert df.height == 12
+    assert (df.filter(pl.col("status") == "flagged")["score"].is_null()).all()
+    assert df.filter(pl.col("status") == "error")["error"].to_list() == ["HTTP 400: cannot decode"] * 4
+    assert (result.flagged, result.errors) == (4, 4)
+    assert df.filter(pl.col("status") == "ok")["score"].to_list() == [0.9] * 4
