@@ -16,6 +16,7 @@ never stop early, so the reason always runs its full length (the worst case).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 
 import numpy as np
@@ -90,6 +91,39 @@ def table(label: str, rows: list[tuple[int, float]]) -> None:
     print(f"ratio {label} {rows[1][0]} / {rows[0][0]}: {rows[1][1] / rows[0][1]:.2f}x")
 
 
+def load_judge(args: argparse.Namespace) -> HFJudge:
+    """The judge under test: a checkpoint, or InternVL3-{arch}'s shapes with random weights."""
+    quiet_libraries()
+    device = resolve_device(RuntimeConfig())
+    dtype = resolve_dtype(RuntimeConfig(), device)
+    loaded = random_internvl(args.arch, device, dtype) if args.arch else None
+    return HFJudge(args.model, device, dtype, args.max_tiles, args.reason_tokens, loaded=loaded)
+
+
+def serve(args: argparse.Namespace, urls) -> None:
+    """Child process: load the judge, serve it, report the URL (as `janus serve judge` runs)."""
+    server = JudgeServer(load_judge(args), max_batch=args.max_batch)
+    urls.put(server.url)
+    server.serve_forever()
+
+
+def bench_server(args: argparse.Namespace) -> None:
+    """Client concurrency 1 vs N against a JudgeServer in its own process (the judge has the GIL to itself)."""
+    images = noise_images(args.images or 48, args.size, seed=1)
+    ctx = multiprocessing.get_context("spawn")
+    urls = ctx.Queue()
+    child = ctx.Process(target=serve, args=(args, urls), daemon=True)
+    child.start()
+    try:
+        url = urls.get(timeout=900)
+        print(f"server: {len(images)} images, JudgeServer max_batch {args.max_batch} in a child process")
+        rows = [(c, client_rate(url, images, c, args.reason_tokens)) for c in (1, args.concurrency)]
+    finally:
+        child.terminate()
+        child.join()
+    table("concurrency", rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="tiny:internvl", help="judge checkpoint (ignored with --arch)")
@@ -104,29 +138,22 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16, help="server: micro-batch size")
     args = ap.parse_args()
 
-    quiet_libraries()
-    device = resolve_device(RuntimeConfig())
-    dtype = resolve_dtype(RuntimeConfig(), device)
-    loaded = random_internvl(args.arch, device, dtype) if args.arch else None
-    judge = HFJudge(args.model, device, dtype, args.max_tiles, args.reason_tokens, loaded=loaded)
-    n = args.images or 2 * args.batch
-    images = noise_images(n, args.size)
-    tiles = judge.preprocess(images[:1])[1][0]
     name = f"InternVL3-{args.arch} (random)" if args.arch else args.model
-    print(
-        f"judge {name}, device {device}, dtype {dtype}, {args.size} px = {tiles} tiles, "
-        f"reason {args.reason_tokens} tokens, {n} images, torch {torch.__version__}, threads {torch.get_num_threads()}"
-    )
+    print(f"judge {name}, {args.size} px, reason {args.reason_tokens} tokens, torch {torch.__version__}")
     if args.only in (None, "hf"):
+        judge = load_judge(args)
+        n = args.images or 2 * args.batch
+        images = noise_images(n, args.size)
+        tiles = judge.preprocess(images[:1])[1][0]
+        print(
+            f"hf: device {judge.device}, dtype {judge.dtype}, {tiles} tile(s), {n} images, threads {torch.get_num_threads()}"
+        )
         one = rate(judge, images[: max(2, n // 4)], 1)
         many = rate(judge, images, args.batch)
         table("batch", [(1, one), (args.batch, many)])
+        del judge
     if args.only in (None, "server"):
-        server_images = noise_images(args.images or 48, args.size, seed=1)
-        print(f"server: {len(server_images)} images, JudgeServer max_batch {args.max_batch} in this process")
-        with JudgeServer(judge, max_batch=args.max_batch) as server:
-            rows = [(c, client_rate(server.url, server_images, c, args.reason_tokens)) for c in (1, args.concurrency)]
-        table("concurrency", rows)
+        bench_server(args)
 
 
 if __name__ == "__main__":
