@@ -130,12 +130,40 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class FilterConfig:
+    """`janus data filter`: the three SFT sub-tasks from the scored pool, as WebDataset shards."""
+
+    threshold: float = 0.8
+    """S at or above which an image is good (the paper's 0.8; the released SFT code used 0.7)."""
+    seed: int = 0
+    """Seed of the choice among candidates (and of the order samples are written in)."""
+    choice: Literal["random", "best"] = "random"
+    """How candidates are picked per prompt: 'random' (seeded) or 'best' (highest S for good
+    images, lowest S for bad ones)."""
+    t2i_per_prompt: int = 4
+    """Task-I: at most this many (prompt, good image) samples per prompt (0: all)."""
+    judge_per_prompt: int = 4
+    """Task-II: at most this many good and this many bad images per prompt before the global
+    yes/no balance (0: all)."""
+    regen_per_prompt: int = 4
+    """Task-III: at most this many (bad image -> good image) pairs per prompt (0: one per bad image)."""
+    mix: tuple[float, ...] = (0.2, 0.3, 0.5)
+    """Task I : II : III sampling ratio of SFT (the paper's 0.2:0.3:0.5; released code 10:10:15);
+    the summary says how far that mix can go before a task runs dry."""
+    shard_bytes: int = 1 << 30
+    """Largest WebDataset shard in bytes (a bigger single sample gets a shard of its own)."""
+    vq_batch_size: int = 64
+    """Images per batch through the Janus VQ encoder."""
+
+
+@dataclass(frozen=True)
 class JanusRunConfig:
     """One run of the pipeline: every stage's settings."""
 
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
 
 
 T = TypeVar("T")
@@ -300,6 +328,15 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("score.model must name a checkpoint when score.backend is hf", hint="e.g. tiny:internvl")
     if j.backend == "lmdeploy" and not j.endpoints:
         raise ConfigError("score.endpoints is empty", hint="pass --endpoint http://HOST:23333")
+    f = cfg.filter
+    if not 0.0 <= f.threshold <= 1.0:
+        raise ConfigError(f"filter.threshold must lie in [0, 1], got {f.threshold}", hint="the paper uses 0.8")
+    if min(f.t2i_per_prompt, f.judge_per_prompt, f.regen_per_prompt) < 0:
+        raise ConfigError("filter.*_per_prompt must be >= 0 (0 = no cap)")
+    if len(f.mix) != 3 or min(f.mix) < 0 or sum(f.mix) <= 0:
+        raise ConfigError(f"filter.mix must be three non-negative weights (Task I, II, III), got {list(f.mix)}")
+    if f.shard_bytes < 1 << 16 or f.vq_batch_size < 1:
+        raise ConfigError("filter.shard_bytes must be >= 65536 and filter.vq_batch_size >= 1")
 
 
 def split_counts(cfg: SynthConfig) -> dict[str, int]:
@@ -312,6 +349,7 @@ def split_counts(cfg: SynthConfig) -> dict[str, int]:
 
 
 __all__ = [
+    "FilterConfig",
     "FluxGenConfig",
     "JanusGenConfig",
     "JanusRunConfig",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich import box
 from rich.table import Table
 
+from janus_data.filter import FilterResult
 from janus_data.manifest import manifest_dir
 from janus_data.score import THRESHOLDS, ScoreResult
 from janus_data.synth import SynthResult
@@ -108,4 +109,33 @@ def score_headline(result: ScoreResult) -> str:
     """One line: what happened."""
     if result.written == 0:
         return f"nothing to do: all {result.planned:,} images of this rank already have a score"
+    return ""
+
+
+def filter_table(result: FilterResult) -> Table:
+    """Per task: samples, shards, size, written by this call; pool, exclusions, prompt coverage, the mix."""
+    table = Table(title=f"janus data filter — threshold {result.threshold}", title_justify="left", box=box.SIMPLE)
+    for col in ("task", "samples", "shards", "MB", "written now"):
+        table.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
+    names = {"t2i": "I   text->image", "judge": "II  self-evaluation", "regen": "III regeneration"}
+    for task, t in result.tasks.items():
+        table.add_row(
+            names.get(task, task), f"{t.samples:,}", f"{t.shards:,}", f"{t.bytes / 1e6:,.1f}", f"{t.written_now:,}"
+        )
+    excluded = ", ".join(f"{n:,} {status}" for status, n in result.excluded.items()) or "none"
+    budget, dry = result.mix_budget()
+    mix = ":".join(f"{w:g}" for w in result.mix)
+    table.caption = (
+        f"pool: {result.pool:,} usable scored images (excluded: {excluded}) · {result.prompts:,} prompts, "
+        f"{result.prompts_without_sample:,} without a good image, {result.prompts_without_pair:,} without a "
+        f"regeneration pair\nmix {mix}: {budget:,} samples before {dry or '-'} runs dry · wall {result.seconds:.1f} s\n"
+        f"shards: {result.run_dir / 'sft'}  manifest: {manifest_dir(result.run_dir, 'samples')}"
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def filter_headline(result: FilterResult) -> str:
+    if not result.rebuilt:
+        return "nothing to do: the shards already match these scores and this filter config"
     return ""
