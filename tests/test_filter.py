@@ -260,3 +260,22 @@ def test_cli_filter_and_bad_threshold(run):
     assert ok.returncode == 0, ok.stderr
     assert "self-evaluation" in ok.stderr and "runs dry" in ok.stderr
     assert io.StringIO(ok.stderr).read().count("error") == 0
+
+
+def test_error_and_flagged_rows_are_excluded_and_counted(run):
+    parts = sorted((run / "manifests" / "scores").rglob("*.parquet"))
+    df = pl.read_parquet(parts[0])
+    bad_ids = df["image_id"].head(3).to_list()
+    df = df.with_columns(
+        pl.when(pl.col("image_id") == bad_ids[0])
+        .then(pl.lit("error"))
+        .when(pl.col("image_id").is_in(bad_ids[1:]))
+        .then(pl.lit("flagged"))
+        .otherwise(pl.col("status"))
+        .alias("status")
+    )
+    df.write_parquet(parts[0])
+    result = run_filter(run, cfg(), progress=False)
+    assert result.excluded == {"error": 1, "flagged": 2}
+    used = {i for task in ("t2i", "judge", "regen") for s in task_samples(run, task) for i in s["json"]["image_ids"]}
+    assert not used & set(bad_ids)
