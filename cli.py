@@ -28,7 +28,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Data stages: synth -> score -> filter.", no_args_is_help=True)
 models_app = typer.Typer(help="Model utilities (tiny random models for tests and the demo).", no_args_is_help=True)
 serve_app = typer.Typer(help="Servers: the judge behind an OpenAI-compatible API.", no_args_is_help=True)
+train_app = typer.Typer(help="Training: SFT on the filter's shards, then GRPO.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
 
@@ -224,6 +226,37 @@ def filter_(
     print_filter(run_filter(run, cfg, progress=None if progress else False))
 
 
+def print_sft(result) -> None:
+    """The SFT run's summary table."""
+    from janus_train.summary import sft_table
+
+    console.print(sft_table(result))
+
+
+@train_app.command("sft")
+@user_errors
+def train_sft(
+    run: RunOpt,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Train up to this step [config: sft.max_steps].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest SFT checkpoint.")] = False,
+    progress: ProgressOpt = True,
+) -> None:
+    """Mixed sub-task SFT of Janus-Pro (text->image, self-evaluation, regeneration) on the shards.
+
+    Example: torchrun --nproc-per-node 8 --no-python janus train sft --run-dir runs/r1
+    """
+    quiet_libraries()
+    from janus_data.rundir import load_run_config
+    from janus_train.sft import run_sft
+
+    cfg = load_run_config(run, config, {})
+    print_sft(run_sft(run, cfg, max_steps=max_steps, resume=resume, progress=None if progress else False))
+
+
 @serve_app.command("judge")
 @user_errors
 def serve_judge(
@@ -300,6 +333,7 @@ def demo(
     from janus_data.filter import run_filter
     from janus_data.score import run_score
     from janus_data.synth import run_synth
+    from janus_train.sft import run_sft
 
     prompts = PROJECT_ROOT / "manifests" / "demo_prompts.jsonl"
     console.print("[bold]janus demo[/]: tiny random models on CPU — they demonstrate the mechanics, not image quality.")
@@ -310,6 +344,7 @@ def demo(
     console.print(f"contact sheet: {sheet}", highlight=False)
     print_score(run_score(run, cfg, progress=bars))
     print_filter(run_filter(run, cfg, progress=bars))
+    print_sft(run_sft(run, cfg, progress=bars))
     console.print(
         f'demo run: {run.resolve()}  (inspect: python -c "import polars as pl; '
         f"print(pl.read_parquet('{run}/manifests/samples/samples.parquet'))\")",

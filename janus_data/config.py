@@ -157,6 +157,56 @@ class FilterConfig:
 
 
 @dataclass(frozen=True)
+class SFTConfig:
+    """`janus train sft`: mixed sub-task SFT of Janus-Pro on the filter's shards (PAPER.md, 'SFT')."""
+
+    model: str | None = None
+    """Checkpoint to fine-tune; null: the run's synth.janus.model (whose VQ made the shards' codes)."""
+    max_steps: int = 50000
+    """Optimizer steps (the paper's 50K)."""
+    batch_size: int = 8
+    """Samples per step and process, before gradient accumulation (global batch = batch_size x
+    grad_accum x processes)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: float = 2e-5
+    """Peak learning rate (AdamW)."""
+    betas: tuple[float, ...] = (0.9, 0.95)
+    eps: float = 1e-6
+    weight_decay: float = 0.05
+    warmup_steps: int = 500
+    """Linear warm-up steps, then cosine decay to min_lr_ratio x lr at max_steps."""
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: off)."""
+    mix: tuple[float, ...] = (0.2, 0.3, 0.5)
+    """Task I : II : III draw ratio (paper 0.2:0.3:0.5; released code 10:10:15)."""
+    caption_dropout: float = 0.1
+    """Probability that a Task-I/III caption is replaced by pad tokens (for CFG at inference)."""
+    answer_weight: float = 0.8
+    """Task II loss weight of the Yes/No token."""
+    reason_weight: float = 0.2
+    """Task II loss weight of every other answer token."""
+    text_reduction: Literal["split", "weighted"] = "split"
+    """Task II text loss: 'split' = answer_weight x mean CE of the Yes/No token + reason_weight x
+    mean CE of the rest (the released code); 'weighted' = sum(w x CE) / sum(w) over all tokens."""
+    seed: int = 0
+    """Seed of the task mix, the sample order, caption dropout and torch."""
+    shuffle_buffer: int = 1000
+    """Samples held for shuffling per task stream."""
+    save_every: int = 1000
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_last: int = 3
+    """Checkpoints kept (older ones are deleted once a newer one is complete)."""
+    log_every: int = 10
+    """Steps between metrics lines."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files (needs the tensorboard package)."""
+
+
+@dataclass(frozen=True)
 class JanusRunConfig:
     """One run of the pipeline: every stage's settings."""
 
@@ -164,6 +214,7 @@ class JanusRunConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 T = TypeVar("T")
@@ -337,6 +388,17 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError(f"filter.mix must be three non-negative weights (Task I, II, III), got {list(f.mix)}")
     if f.shard_bytes < 1 << 16 or f.vq_batch_size < 1:
         raise ConfigError("filter.shard_bytes must be >= 65536 and filter.vq_batch_size >= 1")
+    t = cfg.sft
+    if not t.lr > 0:
+        raise ConfigError(f"sft.lr must be > 0, got {t.lr}", hint="the paper uses 2e-5")
+    if min(t.max_steps, t.batch_size, t.grad_accum, t.save_every, t.keep_last, t.log_every) < 1:
+        raise ConfigError("sft.max_steps, batch_size, grad_accum, save_every, keep_last and log_every must be >= 1")
+    if len(t.mix) != 3 or min(t.mix) < 0 or sum(t.mix) <= 0:
+        raise ConfigError(f"sft.mix must be three non-negative weights (Task I, II, III), got {list(t.mix)}")
+    if not (0 <= t.caption_dropout <= 1 and t.answer_weight >= 0 and t.reason_weight >= 0):
+        raise ConfigError("sft.caption_dropout must lie in [0, 1] and the loss weights be >= 0")
+    if t.warmup_steps < 0 or t.grad_clip < 0 or not 0 <= t.min_lr_ratio <= 1 or len(t.betas) != 2:
+        raise ConfigError("sft.warmup_steps and grad_clip must be >= 0, min_lr_ratio in [0, 1], betas two values")
 
 
 def split_counts(cfg: SynthConfig) -> dict[str, int]:
@@ -354,6 +416,7 @@ __all__ = [
     "JanusGenConfig",
     "JanusRunConfig",
     "RuntimeConfig",
+    "SFTConfig",
     "ScoreConfig",
     "SynthConfig",
     "from_dict",
