@@ -227,10 +227,11 @@ def filter_(
 
 
 def print_sft(result) -> None:
-    """The SFT run's summary table."""
+    """The SFT run's summary table (process 0 only under torchrun)."""
     from janus_train.summary import sft_table
 
-    console.print(sft_table(result))
+    if result.rank == 0:
+        console.print(sft_table(result))
 
 
 @train_app.command("sft")

@@ -202,6 +202,10 @@ class SFTConfig:
     """Steps between metrics lines."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more compute)."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: 'ddp' (a full model per GPU) or 'fsdp' (FSDP2: parameters, gradients and
+    optimizer state sharded over the processes, one unit per decoder layer; for models that do
+    not fit one GPU)."""
     tensorboard: bool = False
     """Also write TensorBoard event files (needs the tensorboard package)."""
 

@@ -94,14 +94,18 @@ def save_checkpoint(
     trainer: dict,
     info: dict,
     keep_last: int,
+    state_dict: dict | None = None,
 ) -> Checkpoint:
-    """Write step `step` atomically; then delete all but the newest `keep_last` checkpoints."""
+    """Write step `step` atomically; then delete all but the newest `keep_last` checkpoints.
+
+    `state_dict`: the full weights when `model`'s own are sharded (FSDP); None: `model`'s.
+    """
     root = Path(root)
     final = step_dir(root, step)
     tmp = root / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     for name in SIDE_FILES:
         if (Path(base_path) / name).is_file():
             shutil.copy2(Path(base_path) / name, tmp / name)

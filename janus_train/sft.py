@@ -54,6 +54,7 @@ class TrainError(JanusError):
 @dataclass
 class SFTResult:
     run_dir: Path
+    rank: int = 0
     start_step: int = 0
     end_step: int = 0
     max_steps: int = 0
@@ -160,7 +161,7 @@ def run_sft(
     ckpt = latest_checkpoint(ckpt_root) if resume else None
     if resume and ckpt is None:
         raise CheckpointError(f"no checkpoint to resume under {ckpt_root}", hint="start without --resume")
-    result = SFTResult(run_dir, max_steps=target, world_size=dist.world_size)
+    result = SFTResult(run_dir, rank=dist.rank, max_steps=target, world_size=dist.world_size)
     trainer_state, info = load_trainer_state(ckpt) if ckpt else ({}, {})
     load_from = ckpt.path if ckpt else base_path
     torch.manual_seed(scfg.seed)
@@ -171,7 +172,8 @@ def run_sft(
         model.gradient_checkpointing_enable()
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     image_processor = AutoImageProcessor.from_pretrained(base_path)
-    params = [p for p in model.parameters() if p.requires_grad]
+    stepper = SFTStep(model, tokenizer, image_processor, scfg, device, parallel=scfg.parallel if dist.active else None)
+    params = stepper.trainable_parameters()
     optimizer = torch.optim.AdamW(
         params, lr=scfg.lr, betas=tuple(scfg.betas), eps=scfg.eps, weight_decay=scfg.weight_decay
     )
@@ -185,14 +187,13 @@ def run_sft(
     )
     step = 0
     if ckpt is not None:
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        stepper.load_optimizer_state(optimizer, trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         set_rng_state(trainer_state["rng"])
         mixer.load_state_dict(info["data"])
         step = info["step"]
         result.resumed_from = ckpt.path
     result.start_step = step
-    stepper = SFTStep(model, tokenizer, image_processor, scfg, device, ddp=dist.active)
     if dist.rank == 0:
         save_run_config(run_dir, cfg)
     metrics_path = ckpt_root / METRICS
@@ -220,7 +221,7 @@ def run_sft(
                 stepper.backward(per_sample.sum() * scale)
                 for task, value in zip(tasks, per_sample.detach().tolist(), strict=True):
                     step_losses[task].append(value)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, scfg.grad_clip if scfg.grad_clip > 0 else float("inf"))
+            grad_norm = stepper.clip(params, scfg.grad_clip)
             losses = _global_task_means(step_losses, dist)  # the same on every process
             if not (math.isfinite(losses["total"]) and torch.isfinite(grad_norm)):
                 raise _nan_error(step + 1, ckpt_root)  # before the update: the weights stay good
@@ -233,17 +234,15 @@ def run_sft(
             result.samples += global_batch * scfg.grad_accum
             bars.update(bar, completed=step, description=_describe(losses))
             if dist.rank == 0 and (step % scfg.log_every == 0 or step == target):
-                _log(
-                    metrics_path,
-                    step,
-                    losses,
-                    scheduler.get_last_lr()[0],
-                    float(grad_norm),
-                    t0,
-                    global_batch * scfg.grad_accum,
-                )
+                lr = scheduler.get_last_lr()[0]
+                _log(metrics_path, step, losses, lr, float(grad_norm), t0, global_batch * scfg.grad_accum)
+                if board is not None:
+                    for name, value in {**{f"loss/{k}": v for k, v in losses.items()}, "lr": lr}.items():
+                        board.add_scalar(name, value, step)
             if step % scfg.save_every == 0 or step == target:
-                trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}
+                # Collective under FSDP (every process gathers), then process 0 writes.
+                weights, optim_state = stepper.full_model_state(), stepper.full_optimizer_state(optimizer)
+                trainer = {"optimizer": optim_state, "scheduler": scheduler.state_dict(), "rng": rng_state()}
                 meta = {
                     "data": mixer.state_dict(),
                     "base_model": base_ref,
@@ -253,7 +252,7 @@ def run_sft(
                 }
                 if dist.rank == 0:
                     result.checkpoint = save_checkpoint(
-                        ckpt_root, step, model, base_path, trainer, meta, scfg.keep_last
+                        ckpt_root, step, model, base_path, trainer, meta, scfg.keep_last, state_dict=weights
                     ).path
                 if dist.active:
                     torch.distributed.barrier()

@@ -1,7 +1,15 @@
 """One SFT micro-step: decoded samples -> Janus sequences -> per-sample losses -> gradients.
 
-The loss is computed inside `LossModule.forward`, so under DistributedDataParallel the whole
-computation goes through the wrapper (its gradient hooks and unused-parameter search see it).
+The loss is computed inside `LossModule.forward`, so under a parallel wrapper the whole
+computation goes through it:
+- DDP: DistributedDataParallel around the LossModule (a batch without Task II leaves the
+  understanding aligner unused, hence find_unused_parameters);
+- FSDP2: `fully_shard` on every decoder layer, then on the LossModule as the root unit (its
+  forward gathers what no layer unit holds: embeddings, heads, vision, VQ). bf16 parameters
+  for compute and fp32 gradient reduction on GPU; fp32 on CPU. Full (unsharded) model and
+  optimizer states are gathered for checkpoints, so a checkpoint is the same whatever the
+  parallelism, and a run can resume under another one.
+Both average gradients over processes, like one process with the global batch.
 """
 
 from __future__ import annotations
@@ -26,15 +34,26 @@ class LossModule(torch.nn.Module):
         self.text_reduction = text_reduction
 
     def forward(self, batch):
-        return per_sample_losses(self.model, batch, self.image_processor, self.text_reduction)
+        losses = per_sample_losses(self.model, batch, self.image_processor, self.text_reduction)
+        # A batch without some task leaves heads unused (lm_head and the understanding aligner
+        # without Task II, the generation modules without Task I/III). A zero-weighted touch of
+        # every trainable parameter outside the decoder layers gives them a (zero) gradient on
+        # every process, so gradient reductions match across processes (FSDP2 needs that).
+        touch = sum(
+            p.reshape(-1)[0] for n, p in self.model.named_parameters() if p.requires_grad and ".layers." not in n
+        )
+        return losses + 0.0 * touch
 
 
 class SFTStep:
-    """Builds samples and runs forward + backward for one micro-batch."""
+    """Builds samples and runs forward + backward for one micro-batch, under DDP, FSDP2 or neither."""
 
-    def __init__(self, model, tokenizer, image_processor, cfg: SFTConfig, device: torch.device, ddp: bool):
+    def __init__(
+        self, model, tokenizer, image_processor, cfg: SFTConfig, device: torch.device, parallel: str | None = None
+    ):
         self.device = device
         self.cfg = cfg
+        self.parallel = parallel
         self.builder = SequenceBuilder(
             tokenizer,
             int(model.config.vision_config.num_image_tokens),
@@ -47,21 +66,41 @@ class SFTStep:
         self.image_processor = image_processor
         self.module = LossModule(model, image_processor, cfg.text_reduction)
         self.wrapped = self.module
-        if ddp:
+        cuda = device.type == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        if parallel == "ddp":
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [device.index] if device.type == "cuda" else None
-            # A batch without Task II leaves the understanding aligner unused.
+            ids = [device.index] if cuda else None
             self.wrapped = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-        )
+        elif parallel == "fsdp":
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else None
+            kwargs = {"mp_policy": policy} if policy else {}
+            for layer in model.model.language_model.layers:
+                fully_shard(layer, **kwargs)
+            fully_shard(self.module, **kwargs)
+            self.autocast = contextlib.nullcontext()  # the policy casts parameters itself
+        elif parallel is not None:
+            raise ValueError(f"parallel must be 'ddp', 'fsdp' or None, got {parallel!r}")
+        self._context = contextlib.nullcontext()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What the optimizer updates (sharded tensors under FSDP)."""
+        return [p for p in self.module.parameters() if p.requires_grad]
 
     def forward(self, samples: list[tuple[str, dict]], rngs: list[random.Random], sync: bool):
-        """Per-sample losses (B,) of the decoded samples and their tasks; call `backward` next."""
+        """Per-sample losses (B,) of the decoded samples and their tasks; call `backward` next.
+
+        `sync=False` (all but the last micro-batch of a step) skips the gradient reduction.
+        """
         built = [self.builder.from_record(sample, rng) for (_, sample), rng in zip(samples, rngs, strict=True)]
         batch = collate(built, self.pad_id, self.image_processor).to(self.device)
-        self._context = contextlib.nullcontext() if sync or self.wrapped is self.module else self.wrapped.no_sync()
+        if self.parallel == "ddp" and not sync:
+            self._context = self.wrapped.no_sync()
+        elif self.parallel == "fsdp":
+            self.module.set_requires_gradient_sync(sync)
         self._context.__enter__()
         with self.autocast:
             losses = self.wrapped(batch)
@@ -72,3 +111,31 @@ class SFTStep:
             loss.backward()
         finally:
             self._context.__exit__(None, None, None)
+            self._context = contextlib.nullcontext()
+
+    def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm (0: measure only); returns the norm before clipping."""
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def full_model_state(self) -> dict | None:
+        """The model's full state dict (gathered on every process) under FSDP; None otherwise."""
+        if self.parallel != "fsdp":
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return {k.removeprefix("model."): v for k, v in full.items()}
+
+    def full_optimizer_state(self, optimizer) -> dict:
+        """The optimizer state keyed by parameter names, whole (gathered under FSDP): one format for
+        every parallelism, so a run can resume under another one."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.module, optimizer, options=options)
+
+    def load_optimizer_state(self, optimizer, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.module, optimizer, state, options=StateDictOptions(full_state_dict=True))

@@ -110,18 +110,20 @@ def test_checkpoint_loads_with_stock_transformers_and_generates(run):
     assert kept == ["step-000002"]
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(run, tmp_path):
+@pytest.mark.parametrize("parallel, port", [("ddp", 29517), ("fsdp", 29519)])
+def test_two_processes_equal_one_with_the_same_global_batch(run, tmp_path, parallel, port):
     single = Path(shutil.copytree(run, tmp_path / "single"))
     run_sft(single, cfg(max_steps=3, batch_size=4, save_every=3), progress=False)
     overrides = tmp_path / "ddp.yaml"
     overrides.write_text(
         "preset: tiny\nsynth: {images_per_prompt: 6}\n"
         "filter: {threshold: 0.6, t2i_per_prompt: 1, judge_per_prompt: 1, regen_per_prompt: 1}\n"
-        "sft: {max_steps: 3, batch_size: 2, save_every: 3, keep_last: 5, log_every: 1, warmup_steps: 1}\n"
+        "sft: {max_steps: 3, batch_size: 2, save_every: 3, keep_last: 5, log_every: 1, warmup_steps: 1,"
+        f" parallel: {parallel}}}\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
         str(REPO / "cli.py"), "train", "sft", "--run-dir", str(run), "--config", str(overrides), "--no-progress",
     ]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -132,6 +134,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(run, tmp_path):
     assert worst < 1e-5, worst
     for x, y in zip(metrics(run), metrics(single), strict=True):
         assert x["loss"]["total"] == pytest.approx(y["loss"]["total"], rel=1e-5)
+    # A checkpoint is whole whatever the parallelism: one process resumes the two-process run.
+    resumed = run_sft(run, cfg(max_steps=4, batch_size=4, save_every=4), resume=True, progress=False)
+    assert (resumed.start_step, resumed.end_step) == (3, 4)
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint_intact(run, monkeypatch):
