@@ -2,6 +2,13 @@
 
     python benchmarks/bench_sft.py                 # builds a tiny run (synth, score, filter), CPU
     python benchmarks/bench_sft.py --run runs/t    # an existing filtered run
+    python benchmarks/bench_sft.py --arch 1b --batch 8 --steps 10   # a GPU: Janus-Pro-1B shapes, tokens/s and MFU
+
+With --arch, the train step runs on Janus-Pro-{1b,7b}'s architecture with random weights on
+synthetic samples of the real sizes (576 image tokens, 384 px understanding images; the task
+mix drawn 0.2:0.3:0.5), fp32 master weights under bf16 autocast as `janus train sft` runs on a
+GPU. MFU counts 6 x (language-model parameters outside the embedding tables) FLOPs per token
+against the H100's 989 TFLOP/s dense bf16 peak.
 
 "Loader" is everything a step does before the model: the global task mixer's draws, decoding
 this process's samples (images, codes), building the Janus sequences and collating them.
@@ -39,13 +46,97 @@ def make_run(root: Path, cfg) -> Path:
     return run
 
 
+H100_BF16_PEAK = 989e12
+
+
+def bench_arch(args) -> None:
+    """Train-step tokens/s and MFU on a real architecture with random weights (meant for a GPU)."""
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from janus_data.arch import random_janus_pro
+    from janus_data.config import RuntimeConfig
+    from janus_data.models import tiny_model_path
+    from janus_train.sft import TASKS, set_trainable
+    from janus_train.steps import SFTStep
+
+    device = resolve_device(RuntimeConfig())
+    torch.manual_seed(0)
+    model, tokenizer = random_janus_pro(args.arch, device, torch.float32, num_layers=args.layers)
+    set_trainable(model)
+    size = int(model.config.vision_config.image_size)
+    processor = AutoImageProcessor.from_pretrained(tiny_model_path("janus"), size={"height": size, "width": size})
+    cfg = load_config("paper").sft
+    step = SFTStep(model, tokenizer, processor, cfg, device)
+    params = step.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    n_codes = int(model.config.vq_config.num_patches) ** 2
+    codebook = int(model.config.vq_config.num_embeddings)
+    rng = np.random.default_rng(0)
+    reason = "No. The image shows two red apples, but the prompt asks for three green ones on a plate."
+
+    def sample(task: str) -> dict:
+        record = {"task": task, "prompt": "a photo of three green apples on a white plate", "reason": reason}
+        if task == "judge":
+            record["reason"] = "Yes. " + reason[4:]
+            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            return {"json": record, "image.png": Image.fromarray(pixels)}
+        codes = {k: rng.integers(0, codebook, n_codes).astype(np.int32) for k in ("image", "bad", "good")}
+        if task == "t2i":
+            return {"json": record, "image.npy": codes["image"]}
+        return {"json": record, "bad.npy": codes["bad"], "good.npy": codes["good"]}
+
+    pick = random.Random(0)
+
+    def batch():
+        tasks = pick.choices(TASKS, weights=cfg.mix, k=args.batch)
+        return [(t, sample(t)) for t in tasks], [random.Random(i) for i in range(args.batch)]
+
+    def train_step() -> int:
+        samples, rngs = batch()
+        opt.zero_grad(set_to_none=True)
+        losses, _ = step.forward(samples, rngs, sync=True)
+        step.backward(losses.mean())
+        step.clip(params, cfg.grad_clip)
+        opt.step()
+        return sum(len(step.builder.from_record(s, r)) for (_, s), r in zip(samples, rngs, strict=True))
+
+    for _ in range(2):  # warm-up: kernels, allocator, optimizer state
+        train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0, tokens = time.perf_counter(), 0
+    for _ in range(args.steps):
+        tokens += train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    lm = model.model.language_model
+    n_lm = sum(p.numel() for n, p in lm.named_parameters() if "embed_tokens" not in n)
+    flops = 6 * n_lm * tokens / seconds
+    print(
+        f"Janus-Pro-{args.arch} shapes ({lm.config.num_hidden_layers} layers, random), device {device}, "
+        f"batch {args.batch}, {args.steps} steps, torch {torch.__version__}"
+    )
+    print(f"tokens/s {tokens / seconds:,.0f}   samples/s {args.steps * args.batch / seconds:.2f}")
+    print(f"model FLOP/s {flops / 1e12:.1f} T  ->  MFU {flops / H100_BF16_PEAK:.1%} of the H100 bf16 dense peak")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, default=None)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--arch", choices=["1b", "7b"], default=None, help="random-weight Janus-Pro of this size")
+    ap.add_argument("--layers", type=int, default=None, help="with --arch: fewer decoder layers (smoke tests)")
     args = ap.parse_args()
     quiet_libraries()
+    if args.arch:
+        bench_arch(args)
+        return
     cfg = with_overrides(load_config("tiny"), {"filter": {"threshold": 0.6}, "sft": {"batch_size": args.batch}})
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         run = args.run or make_run(Path(tmp), cfg)

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from janus_data.arch import random_janus_pro
 from janus_data.config import load_config
 from janus_data.models import resolve_device, resolve_dtype
 from janus_data.progress import quiet_libraries
@@ -72,25 +73,6 @@ def bench_janus_vs_transformers(gen, batch: int, repeats: int) -> tuple[float, f
     return n / timed(ours, repeats), n / timed(theirs, repeats)
 
 
-def random_janus(size: str, device: torch.device, dtype: torch.dtype):
-    """Janus-Pro-{size}'s real architecture with random weights, and the tiny tokenizer."""
-    from transformers import AutoTokenizer, JanusForConditionalGeneration
-
-    from janus_data.arch import janus_pro_config
-    from janus_data.models import tiny_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path("janus"))
-    cfg = janus_pro_config(size, image_token_id=tokenizer.convert_tokens_to_ids("<image_placeholder>"))
-    torch.set_default_dtype(dtype)
-    with torch.device(device):
-        model = JanusForConditionalGeneration(cfg).eval()
-    torch.set_default_dtype(torch.float32)
-    gen = model.generation_config
-    gen.bos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
-    gen.generation_kwargs = {"boi_token_id": tokenizer.convert_tokens_to_ids("<begin_of_image>")}
-    return model, tokenizer
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="tiny")
@@ -111,7 +93,9 @@ def main() -> None:
     if args.only in (None, "janus"):
         from janus_data.generators.janus import JanusGenerator
 
-        loaded = random_janus(args.arch, device, dtype) if args.arch else None
+        loaded = random_janus_pro(args.arch, device, dtype) if args.arch else None
+        if loaded:
+            loaded[0].eval()
         jan = JanusGenerator(cfg.synth.janus, device, dtype, loaded=loaded)
         b1, bb = bench_generator(jan, args.batch, args.repeats)
         rows.append(("janus", b1, bb))

@@ -20,11 +20,15 @@ _TEXT = {
 }
 
 
-def janus_pro_config(size: str = "7b", vocab_size: int = 102400, image_token_id: int = 100581) -> JanusConfig:
-    """A JanusConfig with Janus-Pro-{size}'s real dimensions."""
+def janus_pro_config(
+    size: str = "7b", vocab_size: int = 102400, image_token_id: int = 100581, num_layers: int | None = None
+) -> JanusConfig:
+    """A JanusConfig with Janus-Pro-{size}'s real dimensions (`num_layers`: fewer decoder layers, for smoke tests)."""
     if size not in _TEXT:
         raise ValueError(f"size must be one of {sorted(_TEXT)}")
-    t = _TEXT[size]
+    t = dict(_TEXT[size])
+    if num_layers is not None:
+        t["num_hidden_layers"] = num_layers
     text = LlamaConfig(
         vocab_size=vocab_size,
         num_key_value_heads=t["num_attention_heads"],
@@ -100,3 +104,27 @@ def internvl3_config(size: str = "8b", vocab_size: int = 151674, image_token_id:
         image_seq_length=256,
         downsample_ratio=0.5,
     )
+
+
+def random_janus_pro(size: str, device, dtype, num_layers: int | None = None):
+    """(model, tokenizer): Janus-Pro-{size}'s architecture with random weights, the tiny tokenizer
+    (it carries the real special tokens), built directly on `device` in `dtype`."""
+    import torch
+    from transformers import AutoTokenizer, JanusForConditionalGeneration
+
+    from janus_data.models import tiny_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path("janus"))
+    image_token = tokenizer.convert_tokens_to_ids("<image_placeholder>")
+    cfg = janus_pro_config(size, image_token_id=image_token, num_layers=num_layers)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = JanusForConditionalGeneration(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    gen = model.generation_config
+    gen.bos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+    gen.generation_kwargs = {"boi_token_id": tokenizer.convert_tokens_to_ids("<begin_of_image>")}
+    return model, tokenizer
