@@ -54,11 +54,15 @@ def row_keys(seeds: torch.Tensor, step: int) -> torch.Tensor:
 
 
 def counter_uniform(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
-    """Uniforms in (0, 1), exactly representable in fp32: (B,) seeds -> (B, vocab)."""
+    """Uniforms in (0, 1), exactly representable in fp32: (B,) seeds -> (B, vocab).
+
+    23 bits: (k + 0.5) / 2**23 is exact in fp32 for every k, so no uniform rounds to 1.0 (which
+    would make the Gumbel noise infinite).
+    """
     keys = row_keys(seeds, step)
     idx = torch.arange(vocab, device=seeds.device, dtype=torch.int64)
     bits = mix32((keys[:, None] + _mul32(idx, _GOLDEN)[None, :]) & _MASK32)
-    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    return ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg_weight: float) -> torch.Tensor:
@@ -67,19 +71,43 @@ def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg_weight: float) -> t
     return uncond + cfg_weight * (cond - uncond)
 
 
+def order_keys(x: torch.Tensor) -> torch.Tensor:
+    """fp32 -> int64 keys in [0, 2**32) whose order is the float order (-inf lowest), as the kernel's."""
+    bits = x.float().contiguous().view(torch.int32).to(torch.int64)
+    flipped = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return (flipped & _MASK32) ^ 0x80000000
+
+
+def top_p_threshold(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(B, 1) key of the smallest kept scaled logit: the largest key whose at-or-above mass >= top_p.
+
+    Sorted descending, that is the first token at which the cumulative probability reaches
+    top_p: every token before it and it are kept (at least one token always is). Found bit by
+    bit over the order keys, exactly as the kernel does, without a sort.
+    """
+    weights = torch.exp(scaled - scaled.max(dim=-1, keepdim=True).values)
+    total = weights.sum(dim=-1, keepdim=True)
+    keys = order_keys(scaled)
+    found = torch.zeros_like(total, dtype=torch.int64)
+    for bit in range(31, -1, -1):
+        trial = found | (1 << bit)
+        mass = torch.where(keys >= trial, weights, 0.0).sum(dim=-1, keepdim=True) / total
+        found = torch.where(mass >= top_p, trial, found)
+    return found
+
+
 def masked_scaled_logits(logits: torch.Tensor, params: SamplerParams) -> torch.Tensor:
-    """Apply top-k, temperature and top-p; masked tokens become -inf: (B, V) -> (B, V)."""
+    """Apply top-k, temperature and top-p; masked tokens become -inf: (B, V) -> (B, V).
+
+    top-k keeps every logit >= the k-th largest (ties included); top-p keeps the smallest set of
+    most likely tokens whose mass reaches top_p (`top_p_threshold`).
+    """
     if params.top_k > 0 and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     scaled = logits / params.temperature
     if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token when the mass strictly before it already reaches top_p (keeps >= 1).
-        drop_sorted = (torch.cumsum(probs, dim=-1) - probs) >= params.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        scaled = scaled.masked_fill(drop, float("-inf"))
+        scaled = scaled.masked_fill(order_keys(scaled) < top_p_threshold(scaled, params.top_p), float("-inf"))
     return scaled
 
 
@@ -118,5 +146,12 @@ def get_sampler(device: torch.device, override: str | None = None) -> Sampler:
     choice = override or os.environ.get("JANUS_SAMPLER", "auto")
     if choice not in ("auto", "reference", "kernel"):
         raise ValueError(f"JANUS_SAMPLER must be auto, reference or kernel, got {choice!r}")
-    # The fused Triton kernel (issue #6) plugs in here; until then every device uses the reference.
-    return sample_reference
+    if choice == "reference" or (choice == "auto" and device.type != "cuda"):
+        return sample_reference
+    try:
+        from janus_data.generators.sampling_kernel import sample_kernel
+    except ImportError as err:
+        if choice == "kernel":
+            raise ValueError(f"JANUS_SAMPLER=kernel needs triton ({err}); pip install janus[triton]") from None
+        return sample_reference
+    return sample_kernel
