@@ -14,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # One math thread per test process: the suite runs several processes at once (ranks, kill
 # tests) and oversubscribed CPUs make torch 10-100x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Triton kernels run on CPU tensors through Triton's interpreter. Triton reads this when it is
+# first imported, and transformers or torch may import it early, so it is set here, first.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 

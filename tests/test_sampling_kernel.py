@@ -1,10 +1,6 @@
-"""The fused Triton sampler equals the torch reference exactly (TRITON_INTERPRET=1 on CPU tensors)."""
+"""The fused Triton sampler equals the torch reference exactly (TRITON_INTERPRET=1, set in conftest)."""
 
 from __future__ import annotations
-
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported anywhere in this process
 
 import numpy as np
 import pytest
