@@ -22,7 +22,7 @@ import io
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -317,6 +317,10 @@ def shard_column(task: str, shards: list[dict]) -> list[str]:
     return [f"{SFT_DIR}/{task}/{s['name']}" for s in shards for _ in range(s["samples"])]
 
 
+def samples_path(run_dir: Path) -> Path:
+    return manifest_dir(run_dir, "samples") / "samples.parquet"
+
+
 def samples_manifest(samples: dict[str, pl.DataFrame], shards: dict[str, list[dict]]) -> pl.DataFrame:
     """One row per sample: key, task, prompt_id, image_ids, scores, label, shard."""
     frames = []
@@ -371,12 +375,10 @@ def run_filter(
         state = json.loads(state_path.read_text())
         if state.get("fingerprint") == fp:
             _from_state(result, state)
-            if not (manifest_dir(run_dir, "samples") / "samples.parquet").is_file():
-                samples, _ = select_samples(run_dir, fcfg)
+            if not samples_path(run_dir).is_file():  # killed between the swap and the manifest
                 shards = {t: state["tasks"][t]["shard_files"] for t in TASKS}
-                write_parquet_atomic(
-                    samples_manifest(samples, shards), manifest_dir(run_dir, "samples") / "samples.parquet"
-                )
+                samples = select_samples(run_dir, fcfg).samples
+                write_parquet_atomic(samples_manifest(samples, shards), samples_path(run_dir))
             result.seconds = time.perf_counter() - start
             return result
 
@@ -428,7 +430,7 @@ def run_filter(
     build.rename(final)
     for old in run_dir.glob(f"{SFT_DIR}.old-*"):
         shutil.rmtree(old, ignore_errors=True)
-    write_parquet_atomic(samples_manifest(samples, shards), manifest_dir(run_dir, "samples") / "samples.parquet")
+    write_parquet_atomic(samples_manifest(samples, shards), samples_path(run_dir))
     result.rebuilt = True
     result.seconds = time.perf_counter() - start
     return result
@@ -440,8 +442,3 @@ def _from_state(result: FilterResult, state: dict) -> None:
     for task in TASKS:
         t = state["tasks"][task]
         result.tasks[task] = TaskStats(samples=t["samples"], shards=t["shards"], bytes=t["bytes"])
-
-
-def iter_task_shards(run_dir: Path, task: str) -> Iterator[Path]:
-    """The finished shards of one task, in order."""
-    yield from sorted((Path(run_dir) / SFT_DIR / task).glob("sft-*.tar"))

@@ -201,7 +201,6 @@ def run_sft(
     if dist.rank == 0:
         _truncate_metrics(metrics_path, step)  # steps after the checkpoint are trained again
     global_batch = scfg.batch_size * dist.world_size
-    draws = mixer.draws
     with stage_progress(progress if dist.rank == 0 else False) as bars:
         bar = bars.add_task("sft", total=target, completed=step, unit="step")
         while step < target:
@@ -209,10 +208,10 @@ def run_sft(
             optimizer.zero_grad(set_to_none=True)
             step_losses: dict[str, list[float]] = {t: [] for t in TASKS}
             for micro in range(scfg.grad_accum):
+                first = mixer.draws + dist.rank * scfg.batch_size  # global index of this process's first sample
                 drawn = [mixer.next_raw() for _ in range(global_batch)]  # every process: the same global draw
                 mine = [(t, decode_sample(raw)) for t, raw in drawn[dist.rank * scfg.batch_size :][: scfg.batch_size]]
-                rngs = [sample_rng(scfg.seed, draws + dist.rank * scfg.batch_size + i) for i in range(len(mine))]
-                draws += global_batch
+                rngs = [sample_rng(scfg.seed, first + i) for i in range(len(mine))]
                 last = micro == scfg.grad_accum - 1
                 per_sample, tasks = stepper.forward(mine, rngs, sync=last)
                 # DDP averages gradients over processes: scaled so the step's gradient is that of

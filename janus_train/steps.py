@@ -39,9 +39,9 @@ class LossModule(torch.nn.Module):
         # without Task II, the generation modules without Task I/III). A zero-weighted touch of
         # every trainable parameter outside the decoder layers gives them a (zero) gradient on
         # every process, so gradient reductions match across processes (FSDP2 needs that).
-        touch = sum(
-            p.reshape(-1)[0] for n, p in self.model.named_parameters() if p.requires_grad and ".layers." not in n
-        )
+        # Looked up on every call: FSDP2 swaps parameter objects between sharded and unsharded.
+        heads = (p for n, p in self.model.named_parameters() if p.requires_grad and ".layers." not in n)
+        touch = sum(p.reshape(-1)[0] for p in heads)
         return losses + 0.0 * touch
 
 
