@@ -1,5 +1,5 @@
-"""Synth throughput: images/s per generator at batch 1 and batch B, and our Janus loop vs
-transformers' generate(generation_mode="image") on the same model, as ratios from one run.
+"""Synth throughput: images/s per generator at batch 1 and batch B, as ratios from one run.
+(The Janus loop against transformers' generate is benchmarks/bench_generation.py.)
 
     python benchmarks/bench_synth.py                       # tiny models, CPU
     python benchmarks/bench_synth.py --config paper --arch 7b --batch 16 --only janus   # a GPU, random bf16 weights
@@ -8,9 +8,9 @@ transformers' generate(generation_mode="image") on the same model, as ratios fro
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from timing import timed
 
 from janus_data.arch import random_janus_pro
 from janus_data.config import load_config
@@ -25,21 +25,6 @@ PROMPTS = [
 ]
 
 
-def timed(fn, repeats: int) -> float:
-    """Best-of-`repeats` wall time in seconds (after one warm-up call)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def prompts_for(n: int) -> list[str]:
     return [PROMPTS[i % len(PROMPTS)] + f" #{i}" for i in range(n)]
 
@@ -49,28 +34,6 @@ def bench_generator(gen, batch: int, repeats: int) -> tuple[float, float]:
     one = timed(lambda: gen.generate(prompts_for(1), [0]), repeats)
     many = timed(lambda: gen.generate(prompts_for(batch), list(range(batch))), repeats)
     return 1 / one, batch / many
-
-
-def bench_janus_vs_transformers(gen, batch: int, repeats: int) -> tuple[float, float]:
-    """(our loop tokens/s, transformers generate tokens/s) for the same prompts, sampling on."""
-    prompts = prompts_for(batch)
-    ids, mask = gen.encode_prompts(prompts)
-    n = gen.num_image_tokens * batch
-
-    def ours():
-        gen.generate_tokens(prompts, list(range(batch)))
-
-    def theirs():
-        gen.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            generation_mode="image",
-            do_sample=True,
-            guidance_scale=gen.cfg.cfg_weight,
-            temperature=1.0,
-        )
-
-    return n / timed(ours, repeats), n / timed(theirs, repeats)
 
 
 def main() -> None:
@@ -99,11 +62,6 @@ def main() -> None:
         jan = JanusGenerator(cfg.synth.janus, device, dtype, loaded=loaded)
         b1, bb = bench_generator(jan, args.batch, args.repeats)
         rows.append(("janus", b1, bb))
-        ours, theirs = bench_janus_vs_transformers(jan, args.batch, args.repeats)
-        print(
-            f"janus loop vs transformers generate at batch {args.batch}: "
-            f"{ours:,.0f} vs {theirs:,.0f} image tokens/s -> ratio {ours / theirs:.2f}x"
-        )
         del jan
     if args.only in (None, "flux"):
         from janus_data.generators.flux import FluxGenerator

@@ -49,6 +49,10 @@ class JanusGenConfig:
     """Nucleus sampling mass (1.0 = off)."""
     batch_size: int = 16
     """Images per forward batch (each image is a conditional and an unconditional row)."""
+    loop: Literal["fast", "reference"] = "fast"
+    """'fast': static KV cache, no host syncs, CUDA graph on a GPU; 'reference': the plain loop (same tokens)."""
+    cuda_graph: bool = True
+    """On CUDA, capture the fast loop's decode step once per batch shape and replay it."""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,18 @@ def test_strided_rows_of_one_logits_tensor_and_bf16():
     assert torch.equal(ker, ref) and lp is None
 
 
+@pytest.mark.parametrize("step", [0, 5, 575, (1 << 32) + 3])
+def test_step_as_device_tensor_equals_int_step(step):
+    """A captured CUDA graph passes the step as a 0-dim tensor: same numbers as the python int."""
+    cond, uncond = logits(3, 300, seed=step % 1000)
+    seeds = torch.tensor([0, 1, (1 << 40) + 5])
+    params = SamplerParams(cfg_weight=5.0, temperature=1.0)
+    want, _ = sample_reference(cond, uncond, seeds, step, params)
+    as_tensor = torch.tensor(step, dtype=torch.int64)
+    assert torch.equal(sample_reference(cond, uncond, seeds, as_tensor, params)[0], want)
+    assert torch.equal(sample_kernel(cond, uncond, seeds, as_tensor, params)[0], want)
+
+
 def test_kernel_frequencies_match_softmax_chi_square():
     """1,500 draws over 8 tokens: frequencies follow softmax(CFG logits / T) (chi-square, p > 1e-3)."""
     vocab, draws, temperature = 8, 1500, 1.5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,8 @@ from transformers import AutoTokenizer, JanusForConditionalGeneration
 
 from janus_data.config import JanusGenConfig
 from janus_data.errors import ModelError
-from janus_data.generators.janus_loop import decode_image_tokens, generate_image_tokens
+from janus_data.generators.fast_loop import ImageTokenLoop
+from janus_data.generators.janus_loop import cfg_inputs, decode_image_tokens, reference_image_loop
 from janus_data.generators.sampling import SamplerParams
 from janus_data.models import loading, resolve_model
 from janus_data.padding import left_pad
@@ -68,6 +70,7 @@ class JanusGenerator:
                 f"tokenizer of '{cfg.model}' lacks BOS, pad or {BOI}", hint="use the checkpoint's tokenizer"
             )
         self.sampler = SamplerParams(cfg.cfg_weight, cfg.temperature, cfg.top_k, cfg.top_p)
+        self.loop = ImageTokenLoop(self.model, cuda_graph=cfg.cuda_graph) if cfg.loop == "fast" else None
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids ending in <begin_of_image>: B prompts -> (B, L) ids, (B, L) mask."""
@@ -78,21 +81,14 @@ class JanusGenerator:
         ids, mask = left_pad(rows, self.pad_id)
         return ids.to(self.device), mask.to(self.device)
 
+    @torch.inference_mode()
     def generate_tokens(self, prompts: list[str], seeds: list[int], want_logprobs: bool = False):
         """B prompts and seeds -> (B, N) image tokens (and (B, N) logprobs on request)."""
         ids, mask = self.encode_prompts(prompts)
-        return generate_image_tokens(
-            self.model,
-            ids,
-            mask,
-            torch.tensor(seeds, dtype=torch.int64),
-            self.sampler,
-            self.num_image_tokens,
-            bos_id=self.bos_id,
-            boi_id=self.boi_id,
-            pad_id=self.pad_id,
-            want_logprobs=want_logprobs,
-        )
+        embeds, mask = cfg_inputs(self.model, ids, mask, bos_id=self.bos_id, boi_id=self.boi_id, pad_id=self.pad_id)
+        seeds_t = torch.tensor(seeds, dtype=torch.int64)
+        loop = self.loop or partial(reference_image_loop, self.model)
+        return loop(embeds, mask, seeds_t, self.sampler, self.num_image_tokens, want_logprobs)
 
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
         """(B, N) image tokens -> (B, H, W, 3) uint8."""

@@ -3,8 +3,11 @@
 Each image is two rows: conditional, and unconditional with every prompt token but BOS
 and <begin_of_image> replaced by pad. Per step the generation head gives both rows'
 logits, the sampler mixes them (CFG) and draws one token, and that token's generation
-embedding feeds both rows. The sampling step is one function (`get_sampler`), which the
-fused kernel of issue #6 replaces on CUDA.
+embedding feeds both rows. The sampling step is one function (`get_sampler`): the fused
+kernel on CUDA, the torch reference elsewhere.
+
+This is the plain loop (transformers' DynamicCache, one model call per step): the oracle that
+`fast_loop.ImageTokenLoop`, the loop synth and GRPO run, must match token for token.
 """
 
 from __future__ import annotations
@@ -26,33 +29,47 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-@torch.inference_mode()
-def generate_image_tokens(
+def cfg_inputs(
     model: JanusForConditionalGeneration,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    seeds: torch.Tensor,
-    params: SamplerParams,
-    num_image_tokens: int,
     *,
     bos_id: int,
     boi_id: int,
     pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CFG pair of rows as embeddings: (B, L) ids and mask -> (2B, L, D) embeds, (2B, L) mask.
+
+    Rows 0..B-1 are conditional, rows B..2B-1 the unconditional twins (prompt padded, BOS and
+    <begin_of_image> kept). Both loops take this form, so callers with other contexts (the GRPO
+    regeneration turn, where image 1 enters through the generation path) build their own.
+    """
+    ids = torch.cat([input_ids, unconditional_ids(input_ids, bos_id, boi_id, pad_id)])
+    return model.get_input_embeddings()(ids), torch.cat([attention_mask, attention_mask]).long()
+
+
+@torch.inference_mode()
+def reference_image_loop(
+    model: JanusForConditionalGeneration,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    seeds: torch.Tensor,
+    params: SamplerParams,
+    num_image_tokens: int,
     want_logprobs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Generate image tokens for left-padded prompts ending in <begin_of_image>.
+    """Draw image tokens for CFG row pairs with a DynamicCache: the oracle of the fast loop.
 
-    (B, L) ids and mask, (B,) int64 seeds -> (B, N) tokens and optionally (B, N) logprobs.
+    (2B, L, D) embeds and (2B, L) left-padded mask from `cfg_inputs`, (B,) int64 seeds ->
+    (B, N) tokens and optionally (B, N) logprobs.
     """
-    batch = input_ids.shape[0]
-    device = input_ids.device
+    batch = embeds.shape[0] // 2
+    device = embeds.device
     sampler = get_sampler(device)
-    ids = torch.cat([input_ids, unconditional_ids(input_ids, bos_id, boi_id, pad_id)])
-    mask = torch.cat([attention_mask, attention_mask]).long()
+    mask = mask.long()
     positions = position_ids_from_mask(mask)
     lm = model.model.language_model
     cache = DynamicCache(config=lm.config)
-    embeds = model.get_input_embeddings()(ids)
     tokens = torch.empty(batch, num_image_tokens, dtype=torch.long, device=device)
     logprobs = torch.empty(batch, num_image_tokens, dtype=torch.float32, device=device) if want_logprobs else None
     seeds = seeds.to(device)
@@ -70,6 +87,28 @@ def generate_image_tokens(
         mask = torch.cat([mask, ones], dim=1)
         positions = positions[:, -1:] + 1
     return tokens, logprobs
+
+
+@torch.inference_mode()
+def generate_image_tokens(
+    model: JanusForConditionalGeneration,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    seeds: torch.Tensor,
+    params: SamplerParams,
+    num_image_tokens: int,
+    *,
+    bos_id: int,
+    boi_id: int,
+    pad_id: int,
+    want_logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference loop on left-padded prompts ending in <begin_of_image>.
+
+    (B, L) ids and mask, (B,) int64 seeds -> (B, N) tokens and optionally (B, N) logprobs.
+    """
+    embeds, mask = cfg_inputs(model, input_ids, attention_mask, bos_id=bos_id, boi_id=boi_id, pad_id=pad_id)
+    return reference_image_loop(model, embeds, mask, seeds, params, num_image_tokens, want_logprobs)
 
 
 @torch.inference_mode()

@@ -44,16 +44,28 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_keys(seeds: torch.Tensor, step: int) -> torch.Tensor:
+def step_key(step: int | torch.Tensor) -> int | torch.Tensor:
+    """The step's 32-bit counter, (step * golden + c) mod 2**32; `step` a python int or a 0-dim int64 tensor.
+
+    A tensor step lets a captured CUDA graph advance the step on the device, with no host round trip.
+    """
+    if isinstance(step, torch.Tensor):
+        return (_mul32(step.to(torch.int64) & _MASK32, _GOLDEN) + 0x27D4EB2F) & _MASK32
+    return (step * _GOLDEN + 0x27D4EB2F) & _MASK32
+
+
+def row_keys(seeds: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
     """Per-row 32-bit keys for one decode step: (B,) int64 seeds -> (B,) int64 keys."""
     seeds = seeds.to(torch.int64)
     lo = seeds & _MASK32
     hi = (seeds >> 32) & _MASK32
     key = mix32(lo ^ mix32(hi ^ 0x85EBCA6B))
-    return mix32(key ^ mix32(torch.full_like(key, (step * _GOLDEN + 0x27D4EB2F) & _MASK32)))
+    counter = step_key(step)
+    counter = counter.expand_as(key) if isinstance(counter, torch.Tensor) else torch.full_like(key, counter)
+    return mix32(key ^ mix32(counter))
 
 
-def counter_uniform(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+def counter_uniform(seeds: torch.Tensor, step: int | torch.Tensor, vocab: int) -> torch.Tensor:
     """Uniforms in (0, 1), exactly representable in fp32: (B,) seeds -> (B, vocab).
 
     23 bits: (k + 0.5) / 2**23 is exact in fp32 for every k, so no uniform rounds to 1.0 (which
@@ -115,7 +127,7 @@ def sample_reference(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     seeds: torch.Tensor,
-    step: int,
+    step: int | torch.Tensor,
     params: SamplerParams,
     want_logprobs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from janus_data.generators.sampling import _GOLDEN, _MASK32, SamplerParams
+from janus_data.generators.sampling import SamplerParams, step_key
 
 
 @triton.jit
@@ -61,7 +61,9 @@ def _sample_row(
     top_k,
     top_p,
     step_key,
+    step_ptr,
     BLOCK: tl.constexpr,
+    STEP_FROM_PTR: tl.constexpr,
     GREEDY: tl.constexpr,
     USE_TOP_K: tl.constexpr,
     USE_TOP_P: tl.constexpr,
@@ -105,7 +107,11 @@ def _sample_row(
         lo = (seed & 0xFFFFFFFF).to(tl.uint32)
         hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
         key = _mix32(lo ^ _mix32(hi ^ 0x85EBCA6B))
-        key = _mix32(key ^ _mix32(tl.full((), 0, tl.uint32) + step_key.to(tl.uint32)))
+        if STEP_FROM_PTR:  # the step lives on the device (a captured CUDA graph advances it)
+            counter = tl.load(step_ptr).to(tl.uint32) * 0x9E3779B9 + 0x27D4EB2F
+        else:
+            counter = tl.full((), 0, tl.uint32) + step_key.to(tl.uint32)
+        key = _mix32(key ^ _mix32(counter))
         bits = _mix32(key + idx.to(tl.uint32) * 0x9E3779B9)
         uniform = ((bits >> 9).to(tl.float32) + 0.5) * (1.0 / 8388608.0)
         gumbel = -tl.log(-tl.log(uniform))
@@ -122,11 +128,14 @@ def sample_kernel(
     cond: torch.Tensor,
     uncond: torch.Tensor,
     seeds: torch.Tensor,
-    step: int,
+    step: int | torch.Tensor,
     params: SamplerParams,
     want_logprobs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Same contract as `sampling.sample_reference`, in one kernel launch: (B,) tokens, (B,) logprobs."""
+    """Same contract as `sampling.sample_reference`, in one kernel launch: (B,) tokens, (B,) logprobs.
+
+    `step` may be a 0-dim int64 tensor on the logits' device: the kernel then reads it there.
+    """
     if cond.shape != uncond.shape or cond.dim() != 2:
         raise ValueError(f"cond and uncond must be (B, V) alike, got {tuple(cond.shape)} and {tuple(uncond.shape)}")
     if cond.stride(-1) != 1 or uncond.stride(-1) != 1:
@@ -137,6 +146,7 @@ def sample_kernel(
     greedy = params.temperature == 0
     use_top_k = 0 < params.top_k < vocab
     block = triton.next_power_of_2(vocab)
+    from_ptr = isinstance(step, torch.Tensor)
     _sample_row[(batch,)](
         cond,
         uncond,
@@ -150,8 +160,10 @@ def sample_kernel(
         1.0 if greedy else float(params.temperature),
         int(params.top_k),
         float(params.top_p),
-        (step * _GOLDEN + 0x27D4EB2F) & _MASK32,
+        0 if from_ptr else step_key(step),
+        step if from_ptr else tokens,
         BLOCK=block,
+        STEP_FROM_PTR=from_ptr,
         GREEDY=greedy,
         USE_TOP_K=use_top_k and not greedy,
         USE_TOP_P=params.top_p < 1.0 and not greedy,

@@ -1,0 +1,111 @@
+"""The fast image-token loop emits exactly the reference loop's tokens for the same seeds."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import JanusForConditionalGeneration
+
+from janus_data.config import JanusGenConfig
+from janus_data.generators.fast_loop import ImageTokenLoop, StaticKV
+from janus_data.generators.janus import JanusGenerator
+from janus_data.generators.janus_loop import cfg_inputs, reference_image_loop
+from janus_data.generators.sampling import SamplerParams
+
+PROMPTS = [
+    "a red cube",
+    "two birds on the left of a very large green apple tree at sunset",
+    "a cat",
+    "a photo of a bench",
+    "three blue cups and a fork",
+]
+SETTINGS = [
+    SamplerParams(),
+    SamplerParams(temperature=0.0),
+    SamplerParams(cfg_weight=3.0, temperature=0.8, top_k=50, top_p=0.9),
+    SamplerParams(cfg_weight=1.0, temperature=1.3, top_p=0.7),
+]
+
+
+@pytest.fixture(scope="module")
+def gen(tiny_janus):
+    return JanusGenerator(JanusGenConfig(model=str(tiny_janus), loop="reference"), torch.device("cpu"), torch.float32)
+
+
+def inputs(gen, prompts):
+    ids, mask = gen.encode_prompts(prompts)
+    return cfg_inputs(gen.model, ids, mask, bos_id=gen.bos_id, boi_id=gen.boi_id, pad_id=gen.pad_id)
+
+
+@pytest.mark.parametrize("params", SETTINGS, ids=["t1", "greedy", "topk-topp", "topp"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_fast_loop_tokens_equal_reference_loop(gen, params, batch):
+    embeds, mask = inputs(gen, PROMPTS[:batch])
+    seeds = torch.arange(batch, dtype=torch.int64) * 1009 + (1 << 35)
+    ref, ref_lp = reference_image_loop(gen.model, embeds, mask, seeds, params, gen.num_image_tokens, True)
+    fast, fast_lp = ImageTokenLoop(gen.model)(embeds, mask, seeds, params, gen.num_image_tokens, True)
+    assert torch.equal(fast, ref)
+    torch.testing.assert_close(fast_lp, ref_lp, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("pad_multiple", "window_multiple"), [(8, 64), (64, 64), (1, 1), (3, 4)])
+def test_padding_buckets_and_attention_windows_change_nothing(gen, pad_multiple, window_multiple):
+    """Left-padding prompts up to a bucket (one CUDA graph serves many batches) and attending over
+    windows of the cache (a step pays for the context it has) give the same tokens."""
+    embeds, mask = inputs(gen, PROMPTS)
+    seeds = torch.arange(5, dtype=torch.int64)
+    ref, _ = reference_image_loop(gen.model, embeds, mask, seeds, SamplerParams(), gen.num_image_tokens)
+    loop = ImageTokenLoop(gen.model, pad_multiple=pad_multiple, window_multiple=window_multiple)
+    fast, lp = loop(embeds, mask, seeds, SamplerParams(), gen.num_image_tokens)
+    assert torch.equal(fast, ref) and lp is None
+
+
+def test_buffers_are_reused_across_calls_and_results_do_not_alias(gen):
+    loop = ImageTokenLoop(gen.model, pad_multiple=64)
+    first, _ = loop(*inputs(gen, PROMPTS[:2]), torch.tensor([1, 2]), SamplerParams(), gen.num_image_tokens)
+    (buf,) = loop._buffers.values()
+    # Other prompts of the same batch size land in the same length bucket: same buffers.
+    second, _ = loop(*inputs(gen, PROMPTS[2:4]), torch.tensor([3, 4]), SamplerParams(), gen.num_image_tokens)
+    assert list(loop._buffers.values()) == [buf]
+    again, _ = loop(*inputs(gen, PROMPTS[:2]), torch.tensor([1, 2]), SamplerParams(), gen.num_image_tokens)
+    assert torch.equal(again, first) and not torch.equal(second, first)
+
+
+def test_eager_attention_matches_too(tiny_janus):
+    model = JanusForConditionalGeneration.from_pretrained(tiny_janus, attn_implementation="eager").eval()
+    eager = JanusGenerator(JanusGenConfig(model=str(tiny_janus)), torch.device("cpu"), torch.float32)
+    eager.model = model
+    embeds, mask = inputs(eager, PROMPTS[:3])
+    seeds = torch.tensor([7, 8, 9])
+    ref, _ = reference_image_loop(model, embeds, mask, seeds, SamplerParams(), eager.num_image_tokens)
+    fast, _ = ImageTokenLoop(model)(embeds, mask, seeds, SamplerParams(), eager.num_image_tokens)
+    assert torch.equal(fast, ref)
+
+
+def test_generator_uses_the_fast_loop_by_default_with_the_same_tokens(gen, tiny_janus):
+    fast = JanusGenerator(
+        JanusGenConfig(model=str(tiny_janus)), torch.device("cpu"), torch.float32, loaded=(gen.model, gen.tokenizer)
+    )
+    assert isinstance(fast.loop, ImageTokenLoop) and gen.loop is None
+    a, _ = fast.generate_tokens(PROMPTS, [11, 12, 13, 14, 15])
+    b, _ = gen.generate_tokens(PROMPTS, [11, 12, 13, 14, 15])
+    assert torch.equal(a, b)
+
+
+def test_bad_shapes_are_refused(gen):
+    embeds, mask = inputs(gen, PROMPTS[:2])
+    with pytest.raises(ValueError, match=r"\(2B, L, D\) embeds"):
+        ImageTokenLoop(gen.model)(embeds[:3], mask[:3], torch.tensor([1]), SamplerParams(), 4)
+    with pytest.raises(ValueError, match=r"\(B,\) seeds"):
+        ImageTokenLoop(gen.model)(embeds, mask, torch.tensor([1, 2, 3]), SamplerParams(), 4)
+
+
+def test_static_kv_writes_at_the_device_slot():
+    kv = StaticKV(num_layers=2, rows=2, kv_heads=1, slots=5, head_dim=3, dtype=torch.float32, device="cpu")
+    k = torch.ones(2, 1, 2, 3)
+    keys, _ = kv.update(k, 2 * k, layer_idx=1)
+    kv.advance(2)
+    keys, values = kv.update(3 * k[:, :, :1], 4 * k[:, :, :1], layer_idx=1)
+    assert keys[0, 0, :, 0].tolist() == [1, 1, 3, 0, 0]
+    assert values[0, 0, :, 0].tolist() == [2, 2, 4, 0, 0]
+    assert kv.keys[0].abs().sum() == 0  # layer 0 untouched
