@@ -258,6 +258,48 @@ def train_sft(
     print_sft(run_sft(run, cfg, max_steps=max_steps, resume=resume, progress=None if progress else False))
 
 
+def print_rl(result) -> None:
+    """The GRPO run's summary table (process 0 only under torchrun)."""
+    from janus_train.summary import rl_table
+
+    if result.rank == 0:
+        console.print(rl_table(result))
+
+
+@train_app.command("rl")
+@user_errors
+def train_rl(
+    run: RunOpt,
+    init: Annotated[
+        str | None,
+        typer.Option(help="Policy to start from [config: rl.model; default: the run's latest SFT checkpoint]."),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Train up to this step [config: rl.max_steps].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest RL checkpoint.")] = False,
+    endpoint: Annotated[
+        list[str] | None,
+        typer.Option(help="Judge server base URL (repeatable); sets score.backend to lmdeploy."),
+    ] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """GRPO with introspective rollouts (draw, judge yourself, redraw) and dual-layer judge rewards.
+
+    Example: torchrun --nproc-per-node 8 --no-python janus train rl --run-dir runs/r1 --endpoint http://judge:23333
+    """
+    quiet_libraries()
+    from janus_data.rundir import load_run_config
+    from janus_train.grpo import run_rl
+
+    overrides = {"score": {"backend": "lmdeploy", "endpoints": list(endpoint)}} if endpoint else {}
+    cfg = load_run_config(run, config, overrides)
+    result = run_rl(run, cfg, init=init, max_steps=max_steps, resume=resume, progress=None if progress else False)
+    print_rl(result)
+
+
 @serve_app.command("judge")
 @user_errors
 def serve_judge(

@@ -215,6 +215,80 @@ class SFTConfig:
 
 
 @dataclass(frozen=True)
+class RLConfig:
+    """`janus train rl`: GRPO with introspective rollouts and dual-layer rewards (PAPER.md, 'GRPO')."""
+
+    model: str | None = None
+    """Policy to start from (`--init`); null: the run's latest SFT checkpoint, else synth.janus.model."""
+    prompts: str | None = None
+    """Prompt file for RL (txt / jsonl / csv / parquet / HF dataset dir); null: the run's prompts."""
+    max_steps: int = 3000
+    """Optimizer steps (the paper's 3K)."""
+    prompts_per_step: int = 8
+    """Prompts per step and process; each gets group_size rollouts."""
+    group_size: int = 7
+    """Rollouts per prompt, G (paper 7; released code 8)."""
+    micro_batch: int = 7
+    """Rollouts per forward/backward pass of the update (memory; the loss is the same)."""
+    lr: float = 3.0e-7
+    """Peak learning rate (AdamW)."""
+    betas: tuple[float, ...] = (0.9, 0.999)
+    """AdamW betas (TRL's defaults, as the released code)."""
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 5
+    """Linear warm-up steps, then `schedule` down to min_lr_ratio x lr at max_steps."""
+    schedule: Literal["cosine", "linear"] = "cosine"
+    """Decay after warm-up: cosine (paper) or linear (the released code's piecewise-linear)."""
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: off)."""
+    beta: float = 0.05
+    """KL coefficient (k3 estimator, to the frozen reference; released code 0.04)."""
+    clip_eps: float = 0.2
+    """PPO clip range of the probability ratio."""
+    weight_image1: float = 1.0
+    """Loss weight of the image-1 segment (advantage of R1 = S(image 1))."""
+    weight_judge: float = 1.0
+    """Loss weight of the judgement segment (advantage of R2 = 1 - |S(image 1) - selfcheck|)."""
+    weight_final: float = 2.0
+    """Loss weight of the final-image segment (advantage of R3 = S(final)); the paper weighs it
+    higher, the released code uses equal weights."""
+    image_logp: Literal["sampled", "cfg_divided"] = "sampled"
+    """Image-token log-prob in the loss. 'sampled': log softmax of the CFG logits after top-k,
+    temperature and top-p, the distribution the rollout drew from; the ratio's old log-probs are
+    the rollout's. 'cfg_divided': the released code's log softmax((uncond + w (cond - uncond)) / w);
+    old log-probs are then the policy's own, detached (ratio 1 at the update)."""
+    cfg_weight: float = 5.0
+    """Classifier-free guidance w of both images in a rollout."""
+    temperature: float = 1.0
+    """Image-token sampling temperature (> 0)."""
+    top_k: int = 0
+    top_p: float = 1.0
+    text_temperature: float = 1.0
+    """Temperature of the forced Yes/No answer and the reason."""
+    reason_tokens: int = 64
+    """Most evaluation tokens after the Yes/No word."""
+    ref_refresh_every: int = 0
+    """Copy the policy into the reference every N steps (0: never)."""
+    ref_refresh_drop: float = 0.0
+    """Also refresh when the moving-average reward falls this far below its best (0: off)."""
+    reward_ema: float = 0.9
+    """Smoothing of that moving average (of the mean of R1, R2, R3)."""
+    refresh_lr_factor: float = 1.0
+    """Multiply the learning rate by this at each refresh (1: keep)."""
+    judge_retries: int = 3
+    """Tries per step for images the judge failed on (after the client's own retries); then the step fails."""
+    seed: int = 0
+    """Seed of the prompt order and every rollout's sampling."""
+    save_every: int = 100
+    """Steps between checkpoints (one is always written at the end)."""
+    keep_last: int = 3
+    log_every: int = 1
+    """Steps between metrics lines."""
+
+
+@dataclass(frozen=True)
 class JanusRunConfig:
     """One run of the pipeline: every stage's settings."""
 
@@ -223,6 +297,7 @@ class JanusRunConfig:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
 
 T = TypeVar("T")
@@ -407,6 +482,30 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("sft.caption_dropout must lie in [0, 1] and the loss weights be >= 0")
     if t.warmup_steps < 0 or t.grad_clip < 0 or not 0 <= t.min_lr_ratio <= 1 or len(t.betas) != 2:
         raise ConfigError("sft.warmup_steps and grad_clip must be >= 0, min_lr_ratio in [0, 1], betas two values")
+    r = cfg.rl
+    if not r.lr > 0:
+        raise ConfigError(f"rl.lr must be > 0, got {r.lr}", hint="the released code uses 3e-7")
+    counts = (r.max_steps, r.prompts_per_step, r.group_size, r.micro_batch, r.save_every, r.keep_last, r.log_every)
+    if min(counts) < 1 or r.judge_retries < 1:
+        raise ConfigError(
+            "rl.max_steps, prompts_per_step, group_size, micro_batch, save_every, keep_last, "
+            "log_every and judge_retries must be >= 1"
+        )
+    if r.group_size < 2:
+        raise ConfigError("rl.group_size must be >= 2: a group of one has no advantage", hint="the paper uses 7")
+    if r.temperature <= 0 or r.text_temperature <= 0:
+        raise ConfigError("rl.temperature and rl.text_temperature must be > 0 (rollouts sample)")
+    if not 0.0 < r.top_p <= 1.0 or r.top_k < 0 or r.reason_tokens < 1:
+        raise ConfigError("rl.top_p must lie in (0, 1], rl.top_k >= 0 and rl.reason_tokens >= 1")
+    weights = (r.weight_image1, r.weight_judge, r.weight_final)
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError(f"rl segment weights must be >= 0 with a positive sum, got {list(weights)}")
+    if r.beta < 0 or not 0 < r.clip_eps < 1 or r.grad_clip < 0 or r.warmup_steps < 0:
+        raise ConfigError("rl.beta, grad_clip and warmup_steps must be >= 0 and rl.clip_eps in (0, 1)")
+    if not 0 <= r.min_lr_ratio <= 1 or not 0 <= r.reward_ema < 1 or r.refresh_lr_factor <= 0 or len(r.betas) != 2:
+        raise ConfigError("rl.min_lr_ratio in [0, 1], reward_ema in [0, 1), refresh_lr_factor > 0, betas two values")
+    if r.ref_refresh_every < 0 or r.ref_refresh_drop < 0:
+        raise ConfigError("rl.ref_refresh_every and rl.ref_refresh_drop must be >= 0 (0 = off)")
 
 
 def split_counts(cfg: SynthConfig) -> dict[str, int]:

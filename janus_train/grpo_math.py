@@ -221,6 +221,7 @@ def grpo_loss(
     weights: Mapping[str, float] | SegmentWeights,
     beta: float,
     eps: float = 0.2,
+    token_counts: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted GRPO loss over token segments: (B, T) log-probs, {s: (B, T) bool}, {s: (B,)} -> scalar, stats.
 
@@ -230,6 +231,10 @@ def grpo_loss(
     to .item() them, e.g. after an all-reduce): "loss", "loss/<segment>", "kl" (mean k3 over the union of the
     segments' tokens) and "clip_frac" (clipped (token, segment) terms / all terms, so a Yes-row
     image token counts once per segment it is in).
+
+    `token_counts` ({segment: tokens}) replaces each segment's own token count as the divisor: a
+    trainer that splits one batch into micro-batches (or over processes) passes the whole batch's
+    counts, so the micro-batch losses sum to the whole batch's loss.
     """
     if isinstance(weights, SegmentWeights):
         weights = weights.as_dict()
@@ -242,7 +247,8 @@ def grpo_loss(
         adv = advantages[s].detach().float()[:, None].expand(mask.shape)[mask]
         surrogate, clipped = clipped_surrogate(logp[mask], old_logp[mask], adv, eps)
         per_token = surrogate + beta * k3_kl(logp[mask], ref_logp[mask])
-        loss_s = per_token.sum() / max(per_token.numel(), 1)
+        count = token_counts[s] if token_counts is not None else per_token.numel()
+        loss_s = per_token.sum() / max(count, 1)
         total = total + weights[s] * loss_s
         stats[f"loss/{s}"] = loss_s.detach()
         n_clipped = n_clipped + clipped.sum()

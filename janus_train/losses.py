@@ -68,8 +68,9 @@ class Batch:
         return Batch(**moved)
 
 
-def collate(samples: list[Sample], pad_id: int, image_processor=None) -> Batch:
-    """Right-pad samples to the longest (padding: pad_id, mask 0, no targets).
+def collate(samples: list[Sample], pad_id: int, image_processor=None, left: bool = False) -> Batch:
+    """Right-pad samples to the longest (padding: pad_id, mask 0, no targets); `left` pads on the
+    left instead (prefixes a generation loop continues).
 
     With `image_processor` (the checkpoint's JanusImageProcessor), PIL understanding images
     become pixel values here (in the data loader); otherwise `forward_losses` does it.
@@ -87,19 +88,20 @@ def collate(samples: list[Sample], pad_id: int, image_processor=None) -> Batch:
     und_images: list[Any] = []
     for i, s in enumerate(samples):
         n = len(s)
-        input_ids[i, :n] = s.input_ids
-        mask[i, :n] = 1
-        text_labels[i, :n] = s.text_labels
-        text_weights[i, :n] = s.text_weights
-        image_labels[i, :n] = s.image_labels
+        o = t - n if left else 0  # where the sample starts in its row
+        input_ids[i, o : o + n] = s.input_ids
+        mask[i, o : o + n] = 1
+        text_labels[i, o : o + n] = s.text_labels
+        text_weights[i, o : o + n] = s.text_weights
+        image_labels[i, o : o + n] = s.image_labels
         for start, codes in s.gen_images:
-            gen_codes[i, start : start + len(codes)] = codes
+            gen_codes[i, o + start : o + start + len(codes)] = codes
         # understanding spans: the run of placeholder ids from each start
         for start, image in sorted(s.und_images, key=lambda x: x[0]):
             end = start
             while end < n and s.input_ids[end] == s.input_ids[start]:
                 end += 1
-            und_mask[i, start:end] = True
+            und_mask[i, o + start : o + end] = True
             und_images.append(image)
     attention_mask = torch.from_numpy(mask)
     return Batch(
@@ -127,7 +129,7 @@ def _pixels(images: Any, image_processor) -> Any:
     return image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
 
-def _embeds(model, batch: Batch, image_processor) -> torch.Tensor:
+def batch_embeds(model, batch: Batch, image_processor=None) -> torch.Tensor:
     """Text embeddings with understanding features and generation embeddings scattered in: (B, T, D)."""
     embeds = model.get_input_embeddings()(batch.input_ids)
     if batch.und_mask.any():
@@ -160,15 +162,19 @@ class TargetLosses:
     image_row: torch.Tensor
 
 
-def target_losses(model, batch: Batch, image_processor=None) -> TargetLosses:
-    """One forward; lm_head only at text targets, the generation head only at image targets."""
-    embeds = _embeds(model, batch, image_processor)
-    hidden = model.model.language_model(
-        inputs_embeds=embeds,
+def hidden_states(model, batch: Batch, image_processor=None) -> torch.Tensor:
+    """The language model's last hidden states over the whole batch: (B, T, D)."""
+    return model.model.language_model(
+        inputs_embeds=batch_embeds(model, batch, image_processor),
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=False,
     ).last_hidden_state
+
+
+def target_losses(model, batch: Batch, image_processor=None) -> TargetLosses:
+    """One forward; lm_head only at text targets, the generation head only at image targets."""
+    hidden = hidden_states(model, batch, image_processor)
     rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand(hidden.shape[:2])
     text_sel = batch.text_labels != IGNORE
     text_logits = model.lm_head(hidden[text_sel]).float()

@@ -221,8 +221,11 @@ class SequenceBuilder:
             raise ValueError(f"{what} codes must be a non-empty array of non-negative ids")
         return codes
 
-    def _drop(self, rng: random.Random | None) -> bool:
-        """One draw per sample when an rng is given (so the stream does not depend on the probability)."""
+    def _drop(self, rng: random.Random | None, drop: bool | None = None) -> bool:
+        """One draw per sample when an rng is given (so the stream does not depend on the probability);
+        `drop` forces the choice (GRPO's unconditional rows)."""
+        if drop is not None:
+            return drop
         if rng is None:
             return False
         return rng.random() < self.caption_dropout
@@ -242,12 +245,19 @@ class SequenceBuilder:
                 ]
         seq.text([self.bos_id, *ids, self.boi_id])
 
-    def _answer(self, seq: _Seq, reason: str, loss: bool) -> None:
+    def _answer(self, seq: _Seq, reason: str | list[int], loss: bool) -> None:
         """The evaluation text + <EOS>; the Yes/No word weighted answer_weight, the rest reason_weight.
 
         The Yes/No word is one token in Janus-Pro's tokenizer; where a tokenizer splits it (the
-        tiny one splits "No"), every token of the word carries answer_weight.
+        tiny one splits "No"), every token of the word carries answer_weight. `reason` may be
+        token ids (a GRPO rollout's own tokens, ending in <EOS> or cut at the length bound): they
+        are used as they are, never re-tokenised.
         """
+        if not isinstance(reason, str):
+            ids = [int(t) for t in reason]
+            weights = [self.answer_weight] + [self.reason_weight] * (len(ids) - 1)
+            seq.text(ids, weights if loss else None)
+            return
         enc = self.tokenizer(reason, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
         ids = [*enc.input_ids, self.eos_id]
         match = ANSWER_WORD.match(reason)
@@ -258,40 +268,53 @@ class SequenceBuilder:
         ]
         seq.text(ids, [*weights, self.reason_weight] if loss else None)
 
-    def t2i(self, prompt: str, codes, rng: random.Random | None = None) -> Sample:
-        """Task I. `codes`: the target image's VQ codes; `rng` decides caption dropout (None: never)."""
-        codes = self._codes(codes, "t2i image")
-        drop = self._drop(rng)
+    def t2i(self, prompt: str, codes=None, rng: random.Random | None = None, *, drop: bool | None = None) -> Sample:
+        """Task I. `codes`: the target image's VQ codes; `rng` decides caption dropout (None: never),
+        `drop` forces it. Without codes: the prefix the generation loop continues (up to <begin_of_image>)."""
+        drop = self._drop(rng, drop)
         seq = _Seq(self.image_id)
         self._prompt(seq, prompt, drop)
-        seq.gen_image(codes, target=True)
-        seq.text([self.eoi_id])
+        if codes is not None:
+            seq.gen_image(self._codes(codes, "t2i image"), target=True)
+            seq.text([self.eoi_id])
         return seq.build("t2i", drop)
 
-    def judge(self, prompt: str, image: Any, reason: str) -> Sample:
-        """Task II. `image`: PIL image or (3, H, W) pixels; `reason` starts with "Yes." or "No."."""
-        if not reason.strip():
+    def judge(self, prompt: str, image: Any, reason: str | list[int] | None) -> Sample:
+        """Task II. `image`: PIL image or (3, H, W) pixels; `reason` starts with "Yes." or "No." (text,
+        or a rollout's token ids). Without a reason: the prefix the model answers from."""
+        if isinstance(reason, str) and not reason.strip() or (reason is not None and len(reason) == 0):
             raise ValueError("judge sample has an empty reason")
         seq = _Seq(self.image_id)
         self._prompt(seq, prompt, drop=False)
         seq.und_image(image, self.num_und_tokens)
         seq.text([self.eoi_id, *self._judge_trigger])
-        self._answer(seq, reason, loss=True)
+        if reason is not None:
+            self._answer(seq, reason, loss=True)
         return seq.build("judge", False)
 
-    def regen(self, prompt: str, bad_codes, evaluation: str, good_codes, rng: random.Random | None = None) -> Sample:
-        """Task III. The bad image (codes, context), its "No. ..." evaluation, then the good image (target)."""
+    def regen(
+        self,
+        prompt: str,
+        bad_codes,
+        evaluation: str | list[int],
+        good_codes=None,
+        rng: random.Random | None = None,
+        *,
+        drop: bool | None = None,
+    ) -> Sample:
+        """Task III. The bad image (codes, context), its "No. ..." evaluation (text or token ids),
+        then the good image (target). Without good codes: the prefix up to the second <begin_of_image>."""
         bad = self._codes(bad_codes, "regen bad image")
-        good = self._codes(good_codes, "regen good image")
-        drop = self._drop(rng)
+        drop = self._drop(rng, drop)
         seq = _Seq(self.image_id)
         self._prompt(seq, prompt, drop)
         seq.gen_image(bad, target=False)
         seq.text([self.eoi_id, *self._judge_trigger])
         self._answer(seq, evaluation, loss=self.regen_text_loss)
         seq.text([*self._regen_trigger, self.boi_id])
-        seq.gen_image(good, target=True)
-        seq.text([self.eoi_id])
+        if good_codes is not None:
+            seq.gen_image(self._codes(good_codes, "regen good image"), target=True)
+            seq.text([self.eoi_id])
         return seq.build("regen", drop)
 
     def from_record(self, sample: dict[str, Any], rng: random.Random | None = None) -> Sample:

@@ -199,7 +199,7 @@ def run_sft(
     metrics_path = ckpt_root / METRICS
     board = _tensorboard(ckpt_root) if scfg.tensorboard and dist.rank == 0 else None
     if dist.rank == 0:
-        _truncate_metrics(metrics_path, step)  # steps after the checkpoint are trained again
+        truncate_metrics(metrics_path, step)  # steps after the checkpoint are trained again
     global_batch = scfg.batch_size * dist.world_size
     with stage_progress(progress if dist.rank == 0 else False) as bars:
         bar = bars.add_task("sft", total=target, completed=step, unit="step")
@@ -298,7 +298,7 @@ def _tensorboard(ckpt_root: Path):
     return SummaryWriter(str(ckpt_root / "tensorboard"))
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Keep the metrics lines of steps <= `step` (atomically)."""
     if not path.is_file():
         return

@@ -24,6 +24,19 @@ from janus_train.losses import collate, per_sample_losses
 from janus_train.sequences import SequenceBuilder
 
 
+def touch_trainable_heads(model) -> torch.Tensor:
+    """0 x (one element of every trainable parameter outside the decoder layers), to add to a loss.
+
+    A batch without some task leaves heads unused (lm_head and the understanding aligner
+    without an evaluation, the generation modules without an image). This zero-weighted touch
+    gives them a (zero) gradient on every process, so gradient reductions match across
+    processes (FSDP2 and DDP need that). Looked up on every call: FSDP2 swaps parameter
+    objects between sharded and unsharded.
+    """
+    heads = (p for n, p in model.named_parameters() if p.requires_grad and ".layers." not in n)
+    return 0.0 * sum(p.reshape(-1)[0] for p in heads)
+
+
 class LossModule(torch.nn.Module):
     """Wraps the Janus model so that DDP's forward is the loss computation."""
 
@@ -35,14 +48,7 @@ class LossModule(torch.nn.Module):
 
     def forward(self, batch):
         losses = per_sample_losses(self.model, batch, self.image_processor, self.text_reduction)
-        # A batch without some task leaves heads unused (lm_head and the understanding aligner
-        # without Task II, the generation modules without Task I/III). A zero-weighted touch of
-        # every trainable parameter outside the decoder layers gives them a (zero) gradient on
-        # every process, so gradient reductions match across processes (FSDP2 needs that).
-        # Looked up on every call: FSDP2 swaps parameter objects between sharded and unsharded.
-        heads = (p for n, p in self.model.named_parameters() if p.requires_grad and ".layers." not in n)
-        touch = sum(p.reshape(-1)[0] for p in heads)
-        return losses + 0.0 * touch
+        return losses + touch_trainable_heads(self.model)
 
 
 class SFTStep:

@@ -101,7 +101,7 @@ def test_bad_shapes_are_refused(gen):
 
 
 def test_static_kv_writes_at_the_device_slot():
-    kv = StaticKV(num_layers=2, rows=2, kv_heads=1, slots=5, head_dim=3, dtype=torch.float32, device="cpu")
+    kv = StaticKV(num_layers=2, rows=2, kv_heads=1, slots=5, head_dim=3, device="cpu")
     k = torch.ones(2, 1, 2, 3)
     keys, _ = kv.update(k, 2 * k, layer_idx=1)
     kv.advance(2)

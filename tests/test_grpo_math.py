@@ -260,3 +260,34 @@ def test_grpo_loss_bad_input() -> None:
         grpo_loss(*args, ex["advantages"], {"image1": 1.0}, beta=0.1)
     with pytest.raises(ValueError, match="positive sum"):
         grpo_loss(*args, ex["advantages"], SegmentWeights(0.0, 0.0, 0.0), beta=0.1)
+
+
+def test_micro_batches_with_global_token_counts_sum_to_the_whole_batch_loss():
+    g = torch.Generator().manual_seed(3)
+    logp = -torch.rand(4, 6, generator=g)
+    old = logp + 0.1 * torch.randn(4, 6, generator=g)
+    ref = logp + 0.1 * torch.randn(4, 6, generator=g)
+    segments = {
+        "image1": torch.zeros(4, 6, dtype=torch.bool).index_fill_(1, torch.tensor([0, 1, 2]), True),
+        "judge": torch.zeros(4, 6, dtype=torch.bool).index_fill_(1, torch.tensor([3]), True),
+        "final": torch.zeros(4, 6, dtype=torch.bool).index_fill_(1, torch.tensor([4, 5]), True),
+    }
+    segments["final"][0] = False  # rows differ in their token counts
+    adv = {s: torch.randn(4, generator=g) for s in segments}
+    weights = {"image1": 1.0, "judge": 0.5, "final": 2.0}
+    whole, _ = grpo_loss(logp, old, ref, segments, adv, weights, beta=0.05)
+    counts = {s: float(m.sum()) for s, m in segments.items()}
+    parts = [
+        grpo_loss(
+            logp[r],
+            old[r],
+            ref[r],
+            {s: m[r] for s, m in segments.items()},
+            {s: a[r] for s, a in adv.items()},
+            weights,
+            beta=0.05,
+            token_counts=counts,
+        )[0]
+        for r in (slice(0, 1), slice(1, 4))
+    ]
+    torch.testing.assert_close(parts[0] + parts[1], whole)

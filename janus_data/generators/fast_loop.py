@@ -38,19 +38,23 @@ class StaticKV:
     """Preallocated keys and values for every layer, written at a device-side slot.
 
     Duck-types the one method transformers' attention layers call (`update`). The slot
-    advances once per model step (`advance`), after all layers have written.
+    advances once per model step (`advance`), after all layers have written. The buffers are
+    allocated at the first write, in the dtype the layers produce (bf16 under autocast).
     """
 
-    def __init__(self, num_layers: int, rows: int, kv_heads: int, slots: int, head_dim: int, dtype, device):
-        shape = (num_layers, rows, kv_heads, slots, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+    def __init__(self, num_layers: int, rows: int, kv_heads: int, slots: int, head_dim: int, device):
+        self.shape = (num_layers, rows, kv_heads, slots, head_dim)
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
         self.slot = torch.zeros((), dtype=torch.long, device=device)
         self.window = slots  # attention reads slots [0, window): a host-side int, fixed per captured graph
         self._offsets = torch.arange(slots, device=device)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write (rows, kv_heads, n, head_dim) at slots [slot, slot + n); return the layer's first `window` slots."""
+        if self.keys is None or self.keys.dtype != key.dtype:
+            self.keys = torch.zeros(self.shape, dtype=key.dtype, device=key.device)
+            self.values = torch.zeros(self.shape, dtype=value.dtype, device=value.device)
         where = self._offsets[: key.shape[2]] + self.slot
         self.keys[layer_idx].index_copy_(2, where, key)
         self.values[layer_idx].index_copy_(2, where, value)
@@ -162,7 +166,8 @@ class ImageTokenLoop:
 
     # -- buffers and graphs ---------------------------------------------------------------------------
     def _get_buffers(self, rows: int, length: int, num_tokens: int, dtype: torch.dtype) -> _Buffers:
-        key = (rows, length, num_tokens, dtype)
+        # Autocast changes the cache's dtype (allocated at the first write): part of the key.
+        key = (rows, length, num_tokens, dtype, torch.is_autocast_enabled(self.device.type))
         if key not in self._buffers:
             self._buffers.clear()  # one shape at a time: the KV cache is the big allocation
             cfg = self.lm.config
@@ -173,7 +178,7 @@ class ImageTokenLoop:
             dev = self.device
             batch = rows // 2
             self._buffers[key] = _Buffers(
-                cache=StaticKV(cfg.num_hidden_layers, rows, kv_heads, slots, head_dim, dtype, dev),
+                cache=StaticKV(cfg.num_hidden_layers, rows, kv_heads, slots, head_dim, dev),
                 prompt_mask=torch.zeros(rows, 1, 1, slots, dtype=torch.bool, device=dev),
                 slot_ids=torch.arange(slots, device=dev).view(1, 1, 1, slots),
                 positions=torch.zeros(rows, 1, dtype=torch.long, device=dev),

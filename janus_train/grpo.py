@@ -1,0 +1,562 @@
+"""`janus train rl`: GRPO with introspective rollouts and dual-layer rewards (PAPER.md "GRPO").
+
+One step:
+1. rollout: `prompts_per_step` prompts per process, `group_size` rollouts each
+   (`rollout.RolloutEngine`: image 1 -> forced Yes/No + reason -> image 2 if No), through the
+   fast image loop and the fused sampler, which also return behaviour log-probs;
+2. judge: S(image 1) for every rollout and S(image 2) for those that regenerated, in one batch
+   per step (`rewards.JudgeScorer`: in process or LMDeploy servers); R1 = S(image 1),
+   R2 = 1 - |S(image 1) - selfcheck|, R3 = S(final image), each normalised within its group;
+3. update: per-token log-probs of the three segments under the policy (with gradient) and the
+   frozen reference, the clipped surrogate + beta * k3 KL per segment, combined with the segment
+   weights (`grpo_math.grpo_loss`), in micro-batches whose losses sum to the step's loss.
+
+Log-probs in the loss (`rl.image_logp`):
+- image tokens, 'sampled' (default): log softmax of the CFG logits after top-k, temperature and
+  top-p, the very distribution the rollout drew from; the ratio's old log-probs are the
+  rollout's own. 'cfg_divided': the released code's log softmax(CFG logits / w); the old
+  log-probs are then the policy's own, detached, so the ratio is 1 at the update, as in the
+  released code (one update per rollout batch);
+- the answer token: log softmax over the two words' first tokens (the forced answer's
+  distribution); reason tokens: log softmax(lm_head / text temperature). Tokens forced after the
+  answer's first token (a split "No") belong to no segment.
+
+Processes split the prompts; a group lives on one process, so advantages need no
+communication; token counts are summed over processes so the loss is the global batch's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from janus_data.config import JanusRunConfig, RLConfig, to_dict
+from janus_data.errors import RunDirError
+from janus_data.generators.sampling import SamplerParams, cfg_logits, masked_scaled_logits
+from janus_data.models import resolve_device, resolve_model
+from janus_data.progress import stage_progress
+from janus_data.rundir import save_run_config
+from janus_data.seeds import derive_seed
+from janus_train.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from janus_train.grpo_math import (
+    consistency_reward,
+    final_reward,
+    group_advantages,
+    grpo_loss,
+    segment_masks,
+    selfcheck_reward,
+)
+from janus_train.losses import collate, hidden_states
+from janus_train.rollout import RolloutEngine, RolloutParams, Rollouts, answer_words
+from janus_train.sequences import IGNORE, SequenceBuilder
+from janus_train.sft import CKPT_DIR as SFT_CKPT_DIR
+from janus_train.sft import METRICS, Distributed, TrainError, init_distributed, set_trainable, truncate_metrics
+from janus_train.steps import touch_trainable_heads
+
+CKPT_DIR = "checkpoints/rl"
+SEGMENT_NAMES = ("image1", "judge", "final")
+
+
+# -- per-token log-probs of rollouts ---------------------------------------------------------------
+def image_logprobs(cond: torch.Tensor, uncond: torch.Tensor, tokens: torch.Tensor, cfg: RLConfig) -> torch.Tensor:
+    """Log-prob of each image token under `cfg.image_logp`: (R, N, V) x2, (R, N) -> (R, N)."""
+    rows, n, vocab = cond.shape
+    logits = cfg_logits(cond.reshape(-1, vocab), uncond.reshape(-1, vocab), cfg.cfg_weight)
+    flat = tokens.reshape(-1, 1)
+    if cfg.image_logp == "cfg_divided":
+        scaled = logits / cfg.cfg_weight
+    else:
+        params = SamplerParams(cfg.cfg_weight, cfg.temperature, cfg.top_k, cfg.top_p)
+        masked = masked_scaled_logits(logits, params)
+        # The sampled token is in the kept set by construction; keep it even if this forward's
+        # rounding puts it a hair outside (a -inf log-prob would poison the step).
+        keep = torch.isfinite(masked).scatter(-1, flat, True)
+        scaled = torch.where(keep, logits / cfg.temperature, float("-inf"))
+    return torch.log_softmax(scaled, dim=-1).gather(-1, flat).reshape(rows, n)
+
+
+def _image_targets(model, samples, builder, n: int, image_processor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generation-head logits at the image targets of 2R samples (R cond, then R uncond): (R, N, V) x2."""
+    device = next(model.parameters()).device
+    batch = collate(samples, builder.pad_id, image_processor).to(device)
+    hidden = hidden_states(model, batch, image_processor)
+    logits = model.model.generation_head(hidden[batch.image_labels != IGNORE]).float()
+    logits = logits.reshape(len(samples), n, -1)
+    half = len(samples) // 2
+    return logits[:half], logits[half:]
+
+
+def rollout_logprobs(
+    model, builder: SequenceBuilder, image_processor, ro: Rollouts, rows: list[int], cfg: RLConfig
+) -> torch.Tensor:
+    """The (R, T) grid of per-token log-probs of rollouts `rows` under `model`, T = N + J + N.
+
+    Columns: image 1's N codes, the evaluation's J tokens (J = the longest among `rows`, padded
+    with 0), image 2's N codes (0 on rows that said Yes). See `segments_for` for the masks.
+    """
+    device = next(model.parameters()).device
+    n = ro.image1.shape[1]
+    width = max(len(ro.judge_ids[r]) for r in rows)
+    grid = torch.zeros(len(rows), 2 * n + width, device=device)
+    prompts = [ro.prompts[r] for r in rows]
+    tok1 = ro.image1[rows].to(device)
+    # image 1: Task-I sequences and their unconditional twins (the turn padded)
+    samples = [builder.t2i(p, t.cpu().numpy(), drop=d) for d in (False, True) for p, t in zip(prompts, tok1)]
+    cond, uncond = _image_targets(model, samples, builder, n, image_processor)
+    grid[:, :n] = image_logprobs(cond, uncond, tok1, cfg)
+    # the evaluation: Task-II sequences (image 1 through the understanding path)
+    from PIL import Image
+
+    samples = [builder.judge(ro.prompts[r], Image.fromarray(ro.pixels1[r]), ro.judge_ids[r]) for r in rows]
+    batch = collate(samples, builder.pad_id, image_processor).to(device)
+    hidden = hidden_states(model, batch, image_processor)
+    scaled = model.lm_head(hidden[batch.text_labels != IGNORE]).float() / cfg.text_temperature
+    targets = batch.text_labels[batch.text_labels != IGNORE]
+    logp = torch.log_softmax(scaled, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    yes, no = answer_words(builder)
+    pair = torch.tensor([yes[0], no[0]], device=device)
+    two_way = torch.log_softmax(scaled[:, pair], dim=-1)  # the forced answer's distribution
+    answer_logp = torch.where(targets == pair[0], two_way[:, 0], two_way[:, 1])
+    start = 0
+    for i, r in enumerate(rows):
+        k = len(ro.judge_ids[r])
+        grid[i, n] = answer_logp[start]
+        grid[i, n + 1 : n + k] = logp[start + 1 : start + k]
+        start += k
+    # image 2: Task-III sequences of the rows that said No, and their twins (the first turn padded)
+    redo = [i for i, r in enumerate(rows) if not bool(ro.said_yes[r])]
+    if redo:
+        engine_eos = builder.eos_id
+        samples = [
+            builder.regen(
+                prompts[i],
+                tok1[i].cpu().numpy(),
+                _closed(ro.judge_ids[rows[i]], engine_eos),
+                ro.image2[rows[i]].cpu().numpy(),
+                drop=d,
+            )
+            for d in (False, True)
+            for i in redo
+        ]
+        cond, uncond = _image_targets(model, samples, builder, n, image_processor)
+        grid[redo, n + width :] = image_logprobs(cond, uncond, ro.image2[[rows[i] for i in redo]].to(device), cfg)
+    return grid
+
+
+def _closed(ids: list[int], eos: int) -> list[int]:
+    return ids if ids and ids[-1] == eos else [*ids, eos]
+
+
+def segments_for(ro: Rollouts, rows: list[int], device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The three segment masks over `rollout_logprobs`' grid, and the behaviour log-probs on it.
+
+    image1 = image 1's codes; judge = the evaluation's sampled tokens (forced ones excluded);
+    final = image 1's codes on rows that said Yes, image 2's on the others.
+    """
+    n = ro.image1.shape[1]
+    width = max(len(ro.judge_ids[r]) for r in rows)
+    total = 2 * n + width
+    said_yes = ro.said_yes[rows].to(device)
+    lens = torch.tensor([len(ro.judge_ids[r]) for r in rows], device=device)
+    span = lambda a, b: torch.stack([a, b], dim=1)  # noqa: E731
+    zeros = torch.zeros(len(rows), dtype=torch.long, device=device)
+    masks = segment_masks(
+        span(zeros, zeros + n), span(zeros + n, n + lens), span(zeros + n + width, zeros + total), said_yes, total
+    )
+    behaviour = torch.zeros(len(rows), total, device=device)
+    behaviour[:, :n] = ro.image1_logp[rows].to(device)
+    behaviour[:, n + width :] = ro.image2_logp[rows].to(device)
+    for i, r in enumerate(rows):
+        behaviour[i, n : n + len(ro.judge_logp[r])] = torch.tensor(ro.judge_logp[r], device=device)
+    forced = torch.isnan(behaviour)
+    masks["judge"] = masks["judge"] & ~forced
+    return masks, torch.nan_to_num(behaviour, nan=0.0)
+
+
+class GRPOLossModule(torch.nn.Module):
+    """The policy's side of the loss, so that DDP's forward is the whole computation."""
+
+    def __init__(self, model, builder: SequenceBuilder, image_processor, cfg: RLConfig):
+        super().__init__()
+        self.model = model
+        self.builder = builder
+        self.image_processor = image_processor
+        self.cfg = cfg
+
+    def forward(self, ro: Rollouts, rows, ref_logp, segments, advantages, counts, behaviour):
+        logp = rollout_logprobs(self.model, self.builder, self.image_processor, ro, rows, self.cfg)
+        old = logp.detach() if self.cfg.image_logp == "cfg_divided" else behaviour
+        weights = {"image1": self.cfg.weight_image1, "judge": self.cfg.weight_judge, "final": self.cfg.weight_final}
+        loss, stats = grpo_loss(
+            logp, old, ref_logp, segments, advantages, weights, self.cfg.beta, self.cfg.clip_eps, token_counts=counts
+        )
+        return loss + touch_trainable_heads(self.model), stats
+
+
+# -- prompts, seeds, schedule ------------------------------------------------------------------------
+def step_prompts(prompts: pl.DataFrame, step: int, per_step: int, dist: Distributed, seed: int) -> pl.DataFrame:
+    """This process's prompts for `step`: a seeded permutation per epoch over all prompts, cut in
+    consecutive global batches of per_step x world_size, each process taking its slice."""
+    n = prompts.height
+    total = per_step * dist.world_size
+    first = step * total + dist.rank * per_step
+    picks = []
+    for k in range(first, first + per_step):
+        epoch, pos = divmod(k, n)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        picks.append(int(order[pos]))
+    return prompts[picks]
+
+
+def lr_lambda(cfg: RLConfig, state: RefState):
+    """Linear warm-up, then cosine or linear decay to min_lr_ratio; times the refresh lr scale."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            base = (step + 1) / cfg.warmup_steps
+        else:
+            progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+            shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+            base = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+        return base * state.lr_scale
+
+    return f
+
+
+@dataclass
+class RefState:
+    """The reference policy's bookkeeping: the reward's moving average, its best, refreshes so far."""
+
+    ema: float | None = None
+    best: float | None = None
+    refreshes: int = 0
+    last_refresh: int = 0
+    lr_scale: float = 1.0
+
+    def observe(self, reward: float, cfg: RLConfig, step: int) -> bool:
+        """Fold in a step's mean reward; True when the reference should be refreshed now."""
+        self.ema = reward if self.ema is None else cfg.reward_ema * self.ema + (1 - cfg.reward_ema) * reward
+        self.best = self.ema if self.best is None else max(self.best, self.ema)
+        due = cfg.ref_refresh_every > 0 and step - self.last_refresh >= cfg.ref_refresh_every
+        dropped = cfg.ref_refresh_drop > 0 and self.best - self.ema > cfg.ref_refresh_drop
+        return due or dropped
+
+    def refreshed(self, step: int, cfg: RLConfig) -> None:
+        self.refreshes += 1
+        self.last_refresh = step
+        self.best = self.ema
+        self.lr_scale *= cfg.refresh_lr_factor
+
+
+@dataclass
+class RLResult:
+    run_dir: Path
+    rank: int = 0
+    start_step: int = 0
+    end_step: int = 0
+    max_steps: int = 0
+    world_size: int = 1
+    rollouts: int = 0
+    seconds: float = 0.0
+    first: dict[str, float] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+    times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "judge": 0.0, "update": 0.0})
+    refreshes: int = 0
+    scorer: str = ""
+    checkpoint: Path | None = None
+    resumed_from: Path | None = None
+
+
+# -- the trainer ------------------------------------------------------------------------------------
+def default_init(run_dir: Path, cfg: JanusRunConfig) -> str:
+    """rl.model, else the run's latest SFT checkpoint, else the generator checkpoint."""
+    if cfg.rl.model:
+        return cfg.rl.model
+    sft = latest_checkpoint(Path(run_dir) / SFT_CKPT_DIR)
+    return str(sft.path) if sft else cfg.synth.janus.model
+
+
+def load_rl_prompts(run_dir: Path, cfg: RLConfig) -> pl.DataFrame:
+    from janus_data.prompts import load_prompts, read_prompts_manifest
+
+    if cfg.prompts:
+        return load_prompts(cfg.prompts)[0].select("prompt_id", "prompt").sort("prompt_id")
+    if not (Path(run_dir) / "manifests" / "prompts").exists():
+        raise RunDirError(f"run {run_dir} has no prompts", hint="set rl.prompts to a prompt file, or run synth first")
+    return read_prompts_manifest(run_dir).select("prompt_id", "prompt").sort("prompt_id")
+
+
+def run_rl(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    init: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    scorer=None,
+) -> RLResult:
+    """Train (or resume) GRPO up to `max_steps`; checkpoints under <run>/checkpoints/rl.
+
+    `scorer`: what gives S (default: the configured judge, `score.*`); see `rewards.py`.
+    """
+    import contextlib
+    import dataclasses
+
+    from transformers import AutoImageProcessor, AutoTokenizer, JanusForConditionalGeneration
+
+    from janus_data.judge.factory import check_judge, make_judge
+    from janus_train.rewards import JudgeScorer
+
+    start_time = time.perf_counter()
+    run_dir = Path(run_dir)
+    rcfg = cfg.rl
+    target = max_steps if max_steps is not None else rcfg.max_steps
+    device = resolve_device(cfg.runtime)
+    dist = init_distributed(device)
+    ckpt_root = run_dir / CKPT_DIR
+    ckpt = latest_checkpoint(ckpt_root) if resume else None
+    if resume and ckpt is None:
+        raise CheckpointError(f"no checkpoint to resume under {ckpt_root}", hint="start without --resume")
+    trainer_state, info = load_trainer_state(ckpt) if ckpt else ({}, {})
+    init_ref = info.get("init") or init or default_init(run_dir, cfg)
+    init_path = resolve_model(init_ref)
+    prompts = load_rl_prompts(run_dir, rcfg)
+    if prompts.height == 0:
+        raise RunDirError("no prompts for RL", hint="set rl.prompts or run synth with --prompts")
+    if scorer is None:
+        judge_cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, reason_tokens=0))
+        check_judge(judge_cfg)  # a dead server fails now, in seconds, not after the first rollout
+        scorer = JudgeScorer(make_judge(judge_cfg), retries=rcfg.judge_retries, backoff_s=cfg.score.backoff_s)
+    result = RLResult(run_dir, rank=dist.rank, max_steps=target, world_size=dist.world_size, scorer=scorer.name)
+
+    torch.manual_seed(rcfg.seed)
+    load = lambda path: JanusForConditionalGeneration.from_pretrained(  # noqa: E731
+        path, dtype=torch.float32, use_safetensors=True
+    ).to(device)
+    policy = load(ckpt.path if ckpt else init_path)
+    set_trainable(policy)
+    reference = load(init_path).eval().requires_grad_(False)
+    if trainer_state.get("reference") is not None:
+        reference.load_state_dict(trainer_state["reference"])
+    tokenizer = AutoTokenizer.from_pretrained(init_path)
+    image_processor = AutoImageProcessor.from_pretrained(init_path)
+    builder = SequenceBuilder(
+        tokenizer, int(policy.config.vision_config.num_image_tokens), int(policy.config.vq_config.num_patches) ** 2
+    )
+    image_params = SamplerParams(rcfg.cfg_weight, rcfg.temperature, rcfg.top_k, rcfg.top_p)
+    engine = RolloutEngine(
+        policy, builder, image_processor, RolloutParams(image_params, rcfg.text_temperature, rcfg.reason_tokens)
+    )
+    module = GRPOLossModule(policy, builder, image_processor, rcfg)
+    wrapped = module
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        wrapped = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    params = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=rcfg.lr, betas=tuple(rcfg.betas), eps=rcfg.eps, weight_decay=rcfg.weight_decay
+    )
+    ref_state = RefState(**info.get("refresh", {}))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(rcfg, ref_state))
+    step = 0
+    if ckpt is not None:
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
+        set_rng_state(trainer_state["rng"])
+        step = info["step"]
+        result.resumed_from = ckpt.path
+    result.start_step = step
+    result.refreshes = ref_state.refreshes
+    if dist.rank == 0:
+        save_run_config(run_dir, cfg)
+        truncate_metrics(ckpt_root / METRICS, step)
+    cuda = device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    g = rcfg.group_size
+    with stage_progress(progress if dist.rank == 0 else False) as bars:
+        bar = bars.add_task("rl", total=target, completed=step, unit="step")
+        while step < target:
+            t0 = time.perf_counter()
+            batch = step_prompts(prompts, step, rcfg.prompts_per_step, dist, rcfg.seed)
+            texts = [p for p in batch["prompt"].to_list() for _ in range(g)]
+            seeds = [
+                derive_seed(rcfg.seed, pid, f"rl-{step}", m) for pid in batch["prompt_id"].to_list() for m in range(g)
+            ]
+            policy.eval()
+            with autocast():
+                ro = engine.run(texts, seeds)
+            t1 = time.perf_counter()
+            redo = ro.regenerated
+            s_all = scorer.score(
+                texts + [texts[i] for i in redo],
+                [*ro.pixels1, *(ro.pixels2[i] for i in redo)],
+                [*ro.image1, *(ro.image2[i] for i in redo)],
+            )
+            s1 = torch.tensor(s_all[: len(texts)])
+            s2 = torch.full_like(s1, float("nan"))
+            s2[redo] = torch.tensor(s_all[len(texts) :], dtype=s2.dtype)
+            t2 = time.perf_counter()
+            rewards = {
+                "image1": consistency_reward(s1),
+                "judge": selfcheck_reward(s1, ro.said_yes),
+                "final": final_reward(s1, s2, ro.said_yes),
+            }
+            advantages = {k: group_advantages(v, g).to(device) for k, v in rewards.items()}
+            policy.train()
+            optimizer.zero_grad(set_to_none=True)
+            rows = list(range(len(texts)))
+            chunks = [rows[i : i + rcfg.micro_batch] for i in range(0, len(rows), rcfg.micro_batch)]
+            masks = [segments_for(ro, c, device) for c in chunks]
+            counts = torch.tensor([[float(m[s].sum()) for s in SEGMENT_NAMES] for m, _ in masks]).sum(0)
+            if dist.active:
+                torch.distributed.all_reduce(counts)
+            global_counts = dict(zip(SEGMENT_NAMES, counts.tolist(), strict=True))
+            sums = {"loss": 0.0, "kl": 0.0, "kl_n": 0.0, "clip": 0.0, "clip_n": 0.0}
+            for k, (chunk, (segs, behaviour)) in enumerate(zip(chunks, masks, strict=True)):
+                adv = {s: a[chunk] for s, a in advantages.items()}
+                with torch.no_grad(), autocast():
+                    ref_logp = rollout_logprobs(reference, builder, image_processor, ro, chunk, rcfg)
+                sync = k == len(chunks) - 1
+                context = wrapped.no_sync() if dist.active and not sync else contextlib.nullcontext()
+                with context:
+                    with autocast():
+                        loss, stats = wrapped(ro, chunk, ref_logp, segs, adv, global_counts, behaviour)
+                    (loss * dist.world_size).backward()
+                union = float(torch.stack(list(segs.values())).any(0).sum())
+                terms = float(sum(m.sum() for m in segs.values()))
+                sums["loss"] += float(stats["loss"])
+                sums["kl"] += float(stats["kl"]) * union
+                sums["kl_n"] += union
+                sums["clip"] += float(stats["clip_frac"]) * terms
+                sums["clip_n"] += terms
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, rcfg.grad_clip if rcfg.grad_clip > 0 else float("inf"))
+            metrics = _step_metrics(rewards, s1, s2, ro, sums, dist)
+            if not (math.isfinite(metrics["loss"]) and torch.isfinite(grad_norm)):
+                raise _nan_error(step + 1, ckpt_root)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            t3 = time.perf_counter()
+            if ref_state.observe(metrics["reward"], rcfg, step):
+                reference.load_state_dict(policy.state_dict())
+                ref_state.refreshed(step, rcfg)
+                for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+                    group["lr"] = lr * rcfg.refresh_lr_factor
+            metrics.update(
+                {
+                    "grad_norm": float(grad_norm),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "refreshes": ref_state.refreshes,
+                    "time/rollout": t1 - t0,
+                    "time/judge": t2 - t1,
+                    "time/update": t3 - t2,
+                }
+            )
+            for key, share in (("rollout", t1 - t0), ("judge", t2 - t1), ("update", t3 - t2)):
+                result.times[key] += share
+            result.rollouts += len(texts) * dist.world_size
+            result.first = result.first or dict(metrics)
+            result.last = dict(metrics)
+            result.refreshes = ref_state.refreshes
+            bars.update(bar, completed=step, description=_describe(metrics))
+            if dist.rank == 0 and (step % rcfg.log_every == 0 or step == target):
+                _log(ckpt_root / METRICS, step, metrics)
+            if step % rcfg.save_every == 0 or step == target:
+                trainer = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "reference": reference.state_dict() if ref_state.refreshes else None,
+                }
+                meta = {
+                    "init": init_ref,
+                    "base_model": init_ref,
+                    "world_size": dist.world_size,
+                    "metrics": metrics,
+                    "refresh": dataclasses.asdict(ref_state),
+                    "scorer": scorer.name,
+                    "config": to_dict(rcfg),
+                }
+                if dist.rank == 0:
+                    result.checkpoint = save_checkpoint(
+                        ckpt_root, step, policy, init_path, trainer, meta, rcfg.keep_last
+                    ).path
+                if dist.active:
+                    torch.distributed.barrier()
+    result.end_step = step
+    result.seconds = time.perf_counter() - start_time
+    return result
+
+
+def _step_metrics(rewards, s1, s2, ro: Rollouts, sums: dict, dist: Distributed) -> dict[str, float]:
+    """Global (all processes) means of the step's rewards and rates, and the loss statistics."""
+    said_yes = ro.said_yes.float()
+    redo = ~ro.said_yes
+    improved = (s2 > s1) & redo
+    local = torch.tensor(
+        [
+            float(rewards["image1"].sum()),
+            float(rewards["judge"].sum()),
+            float(rewards["final"].sum()),
+            float(((s1 >= 0.5).float() == said_yes).float().sum()),  # self-check agrees with the judge at 0.5
+            float(redo.float().sum()),
+            float(improved.float().sum()),
+            float(len(s1)),
+            sums["loss"],
+            sums["kl"],
+            sums["kl_n"],
+            sums["clip"],
+            sums["clip_n"],
+        ],
+        dtype=torch.float64,
+    )
+    if dist.active:
+        torch.distributed.all_reduce(local)
+    r1, r2, r3, agree, regen, better, n, loss, kl, kl_n, clip, clip_n = local.tolist()
+    return {
+        "reward/r1": r1 / n,
+        "reward/r2": r2 / n,
+        "reward/r3": r3 / n,
+        "reward": (r1 + r2 + r3) / (3 * n),
+        "selfcheck_acc": agree / n,
+        "regen_rate": regen / n,
+        "aha_rate": better / regen if regen else 0.0,
+        "loss": loss,  # each process's share is already normalised by the global token counts
+        "kl": kl / kl_n if kl_n else 0.0,
+        "clip_frac": clip / clip_n if clip_n else 0.0,
+    }
+
+
+def _nan_error(step: int, ckpt_root: Path) -> TrainError:
+    last = latest_checkpoint(ckpt_root)
+    kept = f"the last good checkpoint {last.path} is intact" if last else "no checkpoint was written yet"
+    return TrainError(
+        f"non-finite GRPO loss or gradient at step {step}: training stopped; {kept}",
+        hint="lower rl.lr or rl.beta; `janus train rl --resume` continues from the last checkpoint",
+    )
+
+
+def _describe(m: dict[str, float]) -> str:
+    return f"rl R1 {m['reward/r1']:.3f} R2 {m['reward/r2']:.3f} R3 {m['reward/r3']:.3f} kl {m['kl']:.4f}"
+
+
+def _log(path: Path, step: int, metrics: dict[str, float]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")

@@ -1,0 +1,84 @@
+"""What scores a rollout's images for GRPO: the InternVL judge of #3, or a known synthetic function.
+
+A scorer maps (prompt, image) pairs to S in [0, 1]. `JudgeScorer` wraps any `Judge` (in
+process, or LMDeploy servers over HTTP) and never invents a score: images the judge could not
+score are sent again, and after `retries` tries the step fails with one line. A group is never
+silently scored 0. `CodebookShareScorer` is a transparent synthetic reward (the share of an
+image's VQ codes in a target subset of the codebook), for checking that the trainer learns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from janus_data.errors import JanusError, one_line
+
+
+class RewardError(JanusError):
+    """The reward model could not score a step's images."""
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, prompts: list[str], pixels: list[np.ndarray], tokens: list[torch.Tensor]) -> list[float]:
+        """S in [0, 1] per (prompt, image); `pixels` (H, W, 3) uint8, `tokens` the image's (N,) codes."""
+        ...
+
+
+class JudgeScorer:
+    """S from the InternVL judge's yes-probability, with retries for the images it failed on."""
+
+    def __init__(self, judge, retries: int = 3, backoff_s: float = 1.0):
+        self.judge = judge
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.name = f"judge:{getattr(judge, 'model_name', type(judge).__name__)}"
+
+    def score(self, prompts: list[str], pixels: list[np.ndarray], tokens: list[torch.Tensor]) -> list[float]:
+        images = [Image.fromarray(p) for p in pixels]
+        scores: list[float | None] = [None] * len(images)
+        todo = list(range(len(images)))
+        last = ""
+        for attempt in range(self.retries):
+            try:
+                results = self.judge.score([prompts[i] for i in todo], [images[i] for i in todo])
+            except JanusError as err:  # the client already retried; try the whole lot again
+                last = one_line(err)
+                results = []
+            for i, res in zip(todo, results, strict=False):
+                if res.score is not None and res.error is None:
+                    scores[i] = float(res.score)
+                else:
+                    last = res.error or "no yes/no token among the judge's answers (flagged)"
+            todo = [i for i in todo if scores[i] is None]
+            if not todo:
+                return [float(s) for s in scores]
+            if attempt + 1 < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        raise RewardError(
+            f"the judge scored {len(images) - len(todo)} of {len(images)} images after {self.retries} tries "
+            f"(last problem: {last}); a group is never scored with a guess",
+            hint="check the judge (score.* settings, the server's log); `janus train rl --resume` continues",
+        )
+
+
+class CodebookShareScorer:
+    """Synthetic S: the share of an image's codes inside `target` (a subset of the VQ codebook).
+
+    A known function of the image tokens, so a test can tell whether GRPO raises it.
+    """
+
+    def __init__(self, target: Iterable[int], codebook_size: int):
+        self.mask = torch.zeros(codebook_size, dtype=torch.bool)
+        self.mask[list(target)] = True
+        self.name = f"codebook-share:{int(self.mask.sum())}/{codebook_size}"
+
+    def score(self, prompts: list[str], pixels: list[np.ndarray], tokens: list[torch.Tensor]) -> list[float]:
+        return [float(self.mask[t.cpu()].float().mean()) for t in tokens]

@@ -1,0 +1,215 @@
+"""Introspective rollouts for GRPO (PAPER.md "GRPO"): draw, judge yourself, redraw if unhappy.
+
+One rollout of a prompt, in the released code's sequence formats (`sequences.py`):
+
+1. image 1: the Task-I prefix `<BOS>turn<begin_of_image>` and its unconditional twin (the
+   turn padded) through the fast image loop with CFG -> N codes and their behaviour log-probs;
+2. self-evaluation: the Task-II prefix, image 1 decoded and read through the UNDERSTANDING
+   path, then `<end_of_image>\\nLet me think Does this image match the prompt...`. The first
+   answer token is forced to Yes or No: it is sampled from the softmax over those two words'
+   first tokens only. If the word has more tokens (a tokenizer that splits "No"), they follow
+   as forced context, outside the judgement segment. Then a free reason at the text
+   temperature, without CFG, until <EOS> or `reason_tokens`;
+3. image 2, only if the answer was No: the Task-III prefix (image 1 re-embedded through the
+   GENERATION path, the evaluation, <EOS>, `\\nNext, I will draw a new image<begin_of_image>`)
+   and its unconditional twin (the first turn padded, as in SFT), through the same image loop.
+
+Every random draw is counter-based on a per-rollout seed, so a rollout depends only on its
+seed and the weights, never on its batch. Behaviour log-probs are those of the distributions
+sampled from: CFG logits after top-k / temperature / top-p for image tokens (`sampling.py`), the
+two-word softmax for the answer, softmax(logits / T) for the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from janus_data.generators.fast_loop import ImageTokenLoop
+from janus_data.generators.janus_loop import decode_image_tokens
+from janus_data.generators.sampling import SamplerParams, counter_uniform
+from janus_train.losses import batch_embeds, collate
+from janus_train.sequences import SequenceBuilder
+
+IGNORED = float("nan")  # behaviour log-prob of a forced token (not part of any segment)
+
+
+@dataclass(frozen=True)
+class RolloutParams:
+    image: SamplerParams
+    """Image-token sampling: CFG weight, temperature, top-k, top-p."""
+    text_temperature: float = 1.0
+    """Temperature of the Yes/No answer and the reason (no CFG)."""
+    reason_tokens: int = 64
+    """Most tokens of the evaluation after the answer word (the reason is cut there)."""
+
+
+@dataclass
+class Rollouts:
+    """B rollouts (row i: prompts[i], seeds[i]). Image tensors are (B, N); image 2 rows where the
+    model said Yes hold zeros and are never read. judge_ids[i] are the evaluation's tokens (answer
+    word, reason, <EOS> if reached); judge_logp[i] their behaviour log-probs, NaN on forced tokens."""
+
+    prompts: list[str]
+    seeds: list[int]
+    image1: torch.Tensor
+    image1_logp: torch.Tensor
+    said_yes: torch.Tensor
+    judge_ids: list[list[int]]
+    judge_logp: list[list[float]]
+    image2: torch.Tensor
+    image2_logp: torch.Tensor
+    pixels1: np.ndarray
+    pixels2: np.ndarray  # (B, H, W, 3); rows that said Yes are zeros
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def regenerated(self) -> list[int]:
+        return [i for i, yes in enumerate(self.said_yes.tolist()) if not yes]
+
+    def final_pixels(self, i: int) -> np.ndarray:
+        return self.pixels1[i] if self.said_yes[i] else self.pixels2[i]
+
+
+def answer_words(builder: SequenceBuilder) -> tuple[list[int], list[int]]:
+    """Token ids of "Yes" and "No" as the evaluation starts them; their first tokens must differ."""
+    yes, no = builder._encode("Yes"), builder._encode("No")
+    if not yes or not no or yes[0] == no[0]:
+        raise ValueError("the tokenizer cannot tell Yes from No by the first token; the forced answer needs that")
+    return yes, no
+
+
+def stage_seeds(seeds: list[int], stage: int) -> torch.Tensor:
+    """Independent counter streams per rollout stage (1: image 1, 2: evaluation, 3: image 2)."""
+    mask = (1 << 63) - 1
+    return torch.tensor([(s * 0x9E3779B97F4A7C15 + stage * 0xBF58476D1CE4E5B9) & mask for s in seeds])
+
+
+class RolloutEngine:
+    """Runs batches of introspective rollouts with a (policy) Janus model."""
+
+    def __init__(
+        self,
+        model,
+        builder: SequenceBuilder,
+        image_processor,
+        params: RolloutParams,
+        loop: ImageTokenLoop | None = None,
+    ):
+        if params.image.temperature <= 0 or params.text_temperature <= 0:
+            raise ValueError("GRPO rollouts sample: image and text temperatures must be > 0")
+        self.model = model
+        self.builder = builder
+        self.image_processor = image_processor
+        self.params = params
+        self.loop = loop or ImageTokenLoop(model)
+        self.device = next(model.parameters()).device
+        self.num_image_tokens = int(model.config.vq_config.num_patches) ** 2
+        self.yes_ids, self.no_ids = answer_words(builder)
+
+    @torch.no_grad()
+    def run(self, prompts: list[str], seeds: list[int]) -> Rollouts:
+        b = len(prompts)
+        n = self.num_image_tokens
+        tok1, lp1 = self._images([self.builder.t2i(p, drop=d) for d in (False, True) for p in prompts], seeds, 1)
+        pixels1 = decode_image_tokens(self.model, tok1).cpu().numpy()
+        pil1 = [Image.fromarray(a) for a in pixels1]
+        judge_ids, judge_logp, said_yes = self._evaluate(prompts, pil1, seeds)
+        tok2 = torch.zeros(b, n, dtype=torch.long, device=self.device)
+        lp2 = torch.zeros(b, n, dtype=torch.float32, device=self.device)
+        pixels2 = np.zeros_like(pixels1)
+        redo = [i for i in range(b) if not said_yes[i]]
+        if redo:
+            prefixes = [
+                self.builder.regen(prompts[i], tok1[i].cpu().numpy(), self.with_eos(judge_ids[i]), drop=d)
+                for d in (False, True)
+                for i in redo
+            ]
+            t2, l2 = self._images(prefixes, [seeds[i] for i in redo], 3)
+            tok2[redo], lp2[redo] = t2, l2
+            pixels2[redo] = decode_image_tokens(self.model, t2).cpu().numpy()
+        return Rollouts(
+            prompts=list(prompts),
+            seeds=list(seeds),
+            image1=tok1.clone(),
+            image1_logp=lp1.clone(),
+            said_yes=torch.tensor(said_yes),
+            judge_ids=judge_ids,
+            judge_logp=judge_logp,
+            image2=tok2.clone(),
+            image2_logp=lp2.clone(),
+            pixels1=pixels1,
+            pixels2=pixels2,
+        )
+
+    def with_eos(self, ids: list[int]) -> list[int]:
+        """The evaluation as the regeneration context holds it: always closed by <EOS>."""
+        return ids if ids and ids[-1] == self.builder.eos_id else [*ids, self.builder.eos_id]
+
+    def _images(self, prefixes, seeds: list[int], stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """CFG image tokens for 2B prefixes (B conditional, then their B unconditional twins)."""
+        batch = collate(prefixes, self.builder.pad_id, self.image_processor, left=True).to(self.device)
+        embeds = batch_embeds(self.model, batch, self.image_processor)
+        return self.loop(
+            embeds, batch.attention_mask, stage_seeds(seeds, stage), self.params.image, self.num_image_tokens, True
+        )
+
+    def _evaluate(self, prompts: list[str], images: list[Image.Image], seeds: list[int]):
+        """Forced Yes/No + reason per row: (ids, behaviour log-probs, said_yes) lists."""
+        from transformers import DynamicCache
+
+        prefixes = [self.builder.judge(p, im, None) for p, im in zip(prompts, images, strict=True)]
+        batch = collate(prefixes, self.builder.pad_id, self.image_processor, left=True).to(self.device)
+        embeds = batch_embeds(self.model, batch, self.image_processor)
+        mask = batch.attention_mask
+        positions = batch.position_ids
+        lm = self.model.model.language_model
+        cache = DynamicCache(config=lm.config)
+        rows = len(prompts)
+        stream = stage_seeds(seeds, 2).to(self.device)
+        temp = self.params.text_temperature
+        ids: list[list[int]] = [[] for _ in range(rows)]
+        logps: list[list[float]] = [[] for _ in range(rows)]
+        forced: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
+        said_yes = [False] * rows
+        first = torch.tensor([self.yes_ids[0], self.no_ids[0]], device=self.device)
+        limit = max(len(self.yes_ids), len(self.no_ids)) + self.params.reason_tokens
+        for step in range(limit):
+            out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            scaled = self.model.lm_head(out.last_hidden_state[:, -1]).float() / temp
+            if step == 0:  # the forced answer: a two-way softmax over the words' first tokens
+                scaled = torch.full_like(scaled, float("-inf")).index_copy_(1, first, scaled[:, first])
+            gumbel = -torch.log(-torch.log(counter_uniform(stream, step, scaled.shape[-1])))
+            token = torch.argmax(scaled + gumbel, dim=-1)
+            logp = torch.log_softmax(scaled, dim=-1).gather(1, token[:, None]).squeeze(1)
+            token, logp = token.tolist(), logp.tolist()
+            for r in range(rows):
+                if done[r]:
+                    token[r] = self.builder.eos_id
+                    continue
+                if step == 0:
+                    said_yes[r] = token[r] == self.yes_ids[0]
+                    forced[r] = list((self.yes_ids if said_yes[r] else self.no_ids)[1:])
+                    ids[r].append(token[r])
+                    logps[r].append(logp[r])
+                elif forced[r]:
+                    token[r] = forced[r].pop(0)
+                    ids[r].append(token[r])
+                    logps[r].append(IGNORED)
+                else:
+                    ids[r].append(token[r])
+                    logps[r].append(logp[r])
+                    done[r] = token[r] == self.builder.eos_id
+            if all(done):
+                break
+            next_ids = torch.tensor(token, device=self.device)[:, None]
+            embeds = self.model.get_input_embeddings()(next_ids)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+        return ids, logps, said_yes
