@@ -115,7 +115,9 @@ def rollout_logprobs(
     prompts = [ro.prompts[r] for r in rows]
     tok1 = ro.image1[rows].to(device)
     # image 1: Task-I sequences and their unconditional twins (the turn padded)
-    samples = [builder.t2i(p, t.cpu().numpy(), drop=d) for d in (False, True) for p, t in zip(prompts, tok1)]
+    samples = [
+        builder.t2i(p, t.cpu().numpy(), drop=d) for d in (False, True) for p, t in zip(prompts, tok1, strict=True)
+    ]
     cond, uncond = _image_targets(model, samples, builder, n, image_processor)
     grid[:, :n] = image_logprobs(cond, uncond, tok1, cfg)
     # the evaluation: Task-II sequences (image 1 through the understanding path)

@@ -282,7 +282,7 @@ class SequenceBuilder:
     def judge(self, prompt: str, image: Any, reason: str | list[int] | None) -> Sample:
         """Task II. `image`: PIL image or (3, H, W) pixels; `reason` starts with "Yes." or "No." (text,
         or a rollout's token ids). Without a reason: the prefix the model answers from."""
-        if isinstance(reason, str) and not reason.strip() or (reason is not None and len(reason) == 0):
+        if (isinstance(reason, str) and not reason.strip()) or (reason is not None and len(reason) == 0):
             raise ValueError("judge sample has an empty reason")
         seq = _Seq(self.image_id)
         self._prompt(seq, prompt, drop=False)
