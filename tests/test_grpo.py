@@ -1,0 +1,287 @@
+"""GRPO: rollouts, log-prob consistency, learning, parameters, resume, the judge over HTTP, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoImageProcessor, JanusForConditionalGeneration
+from typer.testing import CliRunner
+
+from cli import app
+from janus_data.config import load_config, with_overrides
+from janus_data.generators.sampling import SamplerParams
+from janus_data.judge.hf import HFJudge
+from janus_data.judge.server import JudgeServer
+from janus_data.judge.types import JudgeResult
+from janus_data.prompts import load_prompts, write_prompts_manifest
+from janus_train.grpo import rollout_logprobs, run_rl, segments_for
+from janus_train.rewards import CodebookShareScorer, JudgeScorer, RewardError
+from janus_train.rollout import RolloutEngine, RolloutParams, answer_words
+from janus_train.sequences import SequenceBuilder
+from janus_train.sft import FROZEN, module_of
+
+PROMPTS = ["a red cube", "two birds on a tree", "a cat on a sofa", "a blue car", "three green apples"]
+
+
+def cfg(**rl):
+    base = {"max_steps": 2, "prompts_per_step": 2, "group_size": 4, "micro_batch": 3, "save_every": 1}
+    return with_overrides(load_config("tiny"), {"rl": {**base, **rl}})
+
+
+@pytest.fixture(scope="module")
+def prompts_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("rl")
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    run = root / "run"
+    write_prompts_manifest(run, load_prompts(root / "prompts.jsonl")[0])
+    return run
+
+
+@pytest.fixture
+def run(prompts_run, tmp_path) -> Path:
+    return Path(shutil.copytree(prompts_run, tmp_path / "run"))
+
+
+@pytest.fixture(scope="module")
+def parts(tiny_janus):
+    model = JanusForConditionalGeneration.from_pretrained(tiny_janus).eval()
+    return model, SequenceBuilder.from_pretrained(str(tiny_janus)), AutoImageProcessor.from_pretrained(tiny_janus)
+
+
+def codebook_scorer(tiny_janus, every: int = 4) -> CodebookShareScorer:
+    size = AutoConfig.from_pretrained(tiny_janus).vq_config.num_embeddings
+    return CodebookShareScorer([c for c in range(size) if c % every == 0], size)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "checkpoints/rl/metrics.jsonl").read_text().splitlines()]
+
+
+def rollouts(parts, rl, prompts=PROMPTS[:3], seeds=(11, 12, 13)):
+    model, builder, processor = parts
+    params = RolloutParams(SamplerParams(rl.cfg_weight, rl.temperature, rl.top_k, rl.top_p), rl.text_temperature, 6)
+    return RolloutEngine(model, builder, processor, params).run(list(prompts), list(seeds))
+
+
+def test_rollout_structure_and_determinism(parts):
+    _, builder, _ = parts
+    ro = rollouts(parts, cfg().rl, PROMPTS * 2, range(10))
+    yes, no = answer_words(builder)
+    said = ro.said_yes.tolist()
+    assert 0 < sum(said) < len(said)  # both branches occur
+    for i, ids in enumerate(ro.judge_ids):
+        assert ids[0] == (yes[0] if said[i] else no[0])
+        assert len(ids) <= max(len(yes), len(no)) + 6
+        word = yes if said[i] else no
+        assert ids[: len(word)] == word  # the forced word, whole
+        assert all(np.isnan(ro.judge_logp[i][k]) for k in range(1, len(word)))  # forced: no log-prob
+        assert ro.judge_logp[i][0] <= 0 and not np.isnan(ro.judge_logp[i][0])
+        if said[i]:
+            assert not ro.image2[i].any() and not ro.pixels2[i].any()
+        else:
+            assert ro.image2[i].any() and ro.pixels2[i].any()
+    assert ro.regenerated == [i for i, s in enumerate(said) if not s]
+    # A rollout depends only on its seed: alone equals batched.
+    alone = rollouts(parts, cfg().rl, [PROMPTS[2]], [2])
+    assert torch.equal(alone.image1[0], ro.image1[2]) and alone.judge_ids[0] == ro.judge_ids[2]
+    assert torch.equal(alone.image2[0], ro.image2[2])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"temperature": 0.8, "top_k": 50, "top_p": 0.9, "text_temperature": 0.7, "cfg_weight": 3.0}],
+    ids=["paper", "topk-topp-temps"],
+)
+def test_training_logprobs_equal_the_rollouts_behaviour_logprobs(parts, overrides):
+    """At the policy that drew them, the loss's log-probs of every segment token are the sampler's."""
+    model, builder, processor = parts
+    rl = cfg(**overrides).rl
+    ro = rollouts(parts, rl, PROMPTS * 2, range(20, 30))
+    rows = list(range(len(ro)))
+    segments, behaviour = segments_for(ro, rows, "cpu")
+    with torch.no_grad():
+        logp = rollout_logprobs(model, builder, processor, ro, rows, rl)
+    union = torch.stack(list(segments.values())).any(0)
+    assert segments["judge"].sum() > len(rows)  # reasons, not only answers
+    torch.testing.assert_close(logp[union], behaviour[union], atol=2e-4, rtol=1e-4)
+    # The released code's definition is a different distribution (documented, opt-in).
+    divided = rollout_logprobs(model, builder, processor, ro, rows, cfg(image_logp="cfg_divided").rl)
+    assert not torch.allclose(divided[segments["image1"]], behaviour[segments["image1"]], atol=1e-2)
+
+
+def test_segments_cover_image1_the_sampled_evaluation_and_the_final_image(parts):
+    ro = rollouts(parts, cfg().rl, PROMPTS * 2, range(10))
+    rows = list(range(len(ro)))
+    seg, _ = segments_for(ro, rows, "cpu")
+    n = ro.image1.shape[1]
+    assert seg["image1"].sum(1).tolist() == [n] * len(rows)
+    assert seg["final"].sum(1).tolist() == [n] * len(rows)
+    for i in rows:
+        assert bool((seg["final"][i] == seg["image1"][i]).all()) == bool(ro.said_yes[i])
+        sampled = sum(not np.isnan(v) for v in ro.judge_logp[i])
+        assert int(seg["judge"][i].sum()) == sampled
+
+
+def test_grpo_raises_a_known_reward_from_the_untrained_level(run, tiny_janus):
+    """Synthetic S = share of an image's codes in a quarter of the codebook: it must go up."""
+    rl = {"max_steps": 30, "prompts_per_step": 4, "micro_batch": 8, "lr": 2e-3, "save_every": 100}
+    run_rl(run, cfg(**rl), init=str(tiny_janus), progress=False, scorer=codebook_scorer(tiny_janus))
+    r1 = [m["reward/r1"] for m in metrics(run)]
+    first, last = float(np.mean(r1[:5])), float(np.mean(r1[-5:]))
+    print(f"GRPO learning test: mean R1 {first:.3f} (steps 1-5) -> {last:.3f} (steps 26-30)")
+    assert first < 0.36  # untrained: about a quarter of the codes
+    assert last > first + 0.08
+
+
+def test_one_step_changes_every_trainable_parameter_and_no_frozen_one(run, tiny_janus):
+    before = load_file(tiny_janus / "model.safetensors")
+    result = run_rl(run, cfg(), init=str(tiny_janus), max_steps=1, progress=False)
+    after = load_file(result.checkpoint / "model.safetensors")
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        changed = not torch.equal(tensor, after[name])
+        assert changed == (module_of(name) not in FROZEN), name
+    assert np.isfinite(metrics(run)[0]["loss"])
+
+
+def test_resume_equals_an_uninterrupted_run(run, tiny_janus, tmp_path):
+    """Judge rewards (tiny InternVL in process), reference refreshes every step: 2 + 2 == 4."""
+    straight = Path(shutil.copytree(run, tmp_path / "straight"))
+    settings = cfg(max_steps=4, ref_refresh_every=1, refresh_lr_factor=0.5)
+    run_rl(straight, settings, init=str(tiny_janus), progress=False)
+    run_rl(run, settings, init=str(tiny_janus), max_steps=2, progress=False)
+    resumed = run_rl(run, settings, resume=True, progress=False)
+    assert resumed.start_step == 2 and resumed.end_step == 4 and resumed.refreshes == 4
+    a = load_file(straight / "checkpoints/rl/step-000004/model.safetensors")
+    b = load_file(run / "checkpoints/rl/step-000004/model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert [m["reward"] for m in metrics(straight)] == pytest.approx([m["reward"] for m in metrics(run)], abs=1e-6)
+    assert [m["lr"] for m in metrics(run)] == pytest.approx([m["lr"] for m in metrics(straight)])
+
+
+def test_a_group_with_one_reward_trains_without_nan(run, tiny_janus):
+    """Every image scores 0: R1 and R3 have zero variance, hence zero advantage; no NaN anywhere."""
+    empty = CodebookShareScorer([], AutoConfig.from_pretrained(tiny_janus).vq_config.num_embeddings)
+    run_rl(run, cfg(), init=str(tiny_janus), progress=False, scorer=empty)
+    for line in metrics(run):
+        assert line["reward/r1"] == line["reward/r3"] == 0.0 and all(np.isfinite(v) for v in line.values())
+
+
+class FlakyJudge:
+    """Fails the first `fail` calls for every image, then scores by a fixed rule."""
+
+    def __init__(self, fail: int):
+        self.fail = fail
+        self.calls = 0
+
+    def score(self, prompts, images):
+        self.calls += 1
+        if self.calls <= self.fail:
+            return [JudgeResult(None, None, "", False, error="HTTP 500 from the judge") for _ in images]
+        return [JudgeResult(0.25 + 0.5 * (i % 2), "yes", "", False) for i in range(len(images))]
+
+
+def test_judge_failures_are_retried_and_never_scored_zero(run, tiny_janus):
+    flaky = JudgeScorer(FlakyJudge(fail=2), retries=3, backoff_s=0.0)
+    run_rl(run, cfg(max_steps=1), init=str(tiny_janus), progress=False, scorer=flaky)
+    assert 0 < metrics(run)[0]["reward/r1"] < 1
+    dead = JudgeScorer(FlakyJudge(fail=99), retries=3, backoff_s=0.0)
+    with pytest.raises(RewardError, match=r"scored 0 of \d+ images after 3 tries .*HTTP 500.*never scored"):
+        run_rl(run, cfg(max_steps=2), resume=True, progress=False, scorer=dead)
+    assert sorted(p.name for p in (run / "checkpoints/rl").glob("step-*")) == ["step-000001"]
+
+
+@pytest.fixture(scope="module")
+def sft_checkpoint(tmp_path_factory, tiny_janus) -> Path:
+    """A tiny SFT checkpoint the way users make one: synth -> score -> filter -> 2 SFT steps."""
+    from janus_data.filter import run_filter
+    from janus_data.score import run_score
+    from janus_data.synth import run_synth
+    from janus_train.sft import run_sft
+
+    root = tmp_path_factory.mktemp("rl-sft")
+    (root / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    settings = with_overrides(
+        load_config("tiny"),
+        {
+            "synth": {"images_per_prompt": 6},
+            "filter": {"threshold": 0.6},
+            "sft": {"max_steps": 2, "save_every": 2, "warmup_steps": 1},
+        },
+    )
+    run_synth(root / "run", settings, root / "p.jsonl", progress=False)
+    run_score(root / "run", settings, progress=False)
+    run_filter(root / "run", settings, progress=False)
+    return run_sft(root / "run", settings, progress=False).checkpoint
+
+
+def test_cli_end_to_end_from_sft_checkpoint_with_the_judge_over_http(run, sft_checkpoint, tiny_internvl):
+    judge = HFJudge(str(tiny_internvl), torch.device("cpu"), torch.float32, max_tiles=2, reason_tokens=0)
+    with JudgeServer(judge, model_name="tiny:internvl", max_batch=16) as server:
+        out = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "rl",
+                "--run",
+                str(run),
+                "--init",
+                str(sft_checkpoint),
+                "--config",
+                "tiny",
+                "--max-steps",
+                "2",
+                "--endpoint",
+                server.url,
+                "--no-progress",
+            ],  # fmt: skip
+        )
+    assert out.exit_code == 0, out.output
+    assert "janus train rl" in out.output and "R1 = S(image 1)" in out.output and "judge" in out.output
+    ckpt = run / "checkpoints/rl/step-000002"
+    model = JanusForConditionalGeneration.from_pretrained(ckpt)  # stock transformers
+    assert isinstance(model, JanusForConditionalGeneration)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["init"] == str(sft_checkpoint) and state["scorer"].startswith("judge:")
+    lines = metrics(run)
+    assert len(lines) == 2 and {"reward/r1", "reward/r2", "reward/r3", "kl", "aha_rate", "time/judge"} <= set(lines[0])
+
+
+def test_cli_bad_input_is_one_line(run, tmp_path):
+    runner = CliRunner()
+    dead = runner.invoke(
+        app,
+        [
+            "train",
+            "rl",
+            "--run",
+            str(run),
+            "--init",
+            "tiny:janus",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--config",
+            "tiny",
+        ],
+    )
+    assert dead.exit_code == 2 and "127.0.0.1:9" in dead.output
+    assert not (run / "checkpoints/rl").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: tiny\nrl:\n  group_size: 1\n")
+    one = runner.invoke(app, ["train", "rl", "--run", str(run), "--config", str(bad)])
+    assert one.exit_code == 2 and "group_size" in one.output
+    empty = runner.invoke(app, ["train", "rl", "--run", str(tmp_path / "nothing"), "--config", "tiny"])
+    assert empty.exit_code == 2 and "prompts" in empty.output
+    missing = runner.invoke(
+        app, ["train", "rl", "--run", str(run), "--init", str(tmp_path / "no-ckpt"), "--config", "tiny"]
+    )
+    assert missing.exit_code == 2 and "no-ckpt" in missing.output
+    resume = runner.invoke(app, ["train", "rl", "--run", str(run), "--config", "tiny", "--resume"])
+    assert resume.exit_code == 2 and "no checkpoint to resume" in resume.output
