@@ -376,6 +376,9 @@ def demo(
     from janus_data.filter import run_filter
     from janus_data.score import run_score
     from janus_data.synth import run_synth
+    from janus_train.checkpoint import latest_checkpoint
+    from janus_train.grpo import CKPT_DIR as RL_CKPT_DIR
+    from janus_train.grpo import run_rl
     from janus_train.sft import run_sft
 
     prompts = PROJECT_ROOT / "manifests" / "demo_prompts.jsonl"
@@ -388,6 +391,8 @@ def demo(
     print_score(run_score(run, cfg, progress=bars))
     print_filter(run_filter(run, cfg, progress=bars))
     print_sft(run_sft(run, cfg, progress=bars))
+    resume = latest_checkpoint(run / RL_CKPT_DIR) is not None
+    print_rl(run_rl(run, cfg, resume=resume, progress=bars))
     console.print(
         f'demo run: {run.resolve()}  (inspect: python -c "import polars as pl; '
         f"print(pl.read_parquet('{run}/manifests/samples/samples.parquet'))\")",

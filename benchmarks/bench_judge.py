@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from janus_data.arch import random_internvl
 from janus_data.config import RuntimeConfig
 from janus_data.judge.client import ServerJudge
 from janus_data.judge.hf import HFJudge
 from janus_data.judge.server import JudgeServer
-from janus_data.models import resolve_device, resolve_dtype, tiny_model_path
+from janus_data.models import resolve_device, resolve_dtype
 from janus_data.progress import quiet_libraries
 
 
@@ -36,25 +37,6 @@ def noise_images(n: int, size: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8)
     return [Image.fromarray(a).resize((size, size), Image.BILINEAR) for a in small]
-
-
-def random_internvl(size: str, device: torch.device, dtype: torch.dtype):
-    """InternVL3-{size}'s real architecture with random weights, with the tiny judge's tokenizer and processor."""
-    from transformers import AutoImageProcessor, AutoTokenizer, InternVLForConditionalGeneration
-
-    from janus_data.arch import internvl3_config
-
-    path = tiny_model_path("internvl")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    processor = AutoImageProcessor.from_pretrained(path)
-    cfg = internvl3_config(size, image_token_id=tokenizer.context_image_token_id)
-    torch.set_default_dtype(dtype)
-    with torch.device(device):
-        model = InternVLForConditionalGeneration(cfg).eval()
-    torch.set_default_dtype(torch.float32)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, tokenizer, processor
 
 
 def rate(judge: HFJudge, images: list[Image.Image], batch: int) -> float:

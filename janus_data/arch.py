@@ -128,3 +128,27 @@ def random_janus_pro(size: str, device, dtype, num_layers: int | None = None):
     gen.bos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     gen.generation_kwargs = {"boi_token_id": tokenizer.convert_tokens_to_ids("<begin_of_image>")}
     return model, tokenizer
+
+
+def random_internvl(size: str, device, dtype):
+    """(model, tokenizer, image processor): InternVL3-{size}'s architecture with random weights, the
+    tiny judge's tokenizer and processor, built directly on `device` in `dtype`."""
+    import torch
+    from transformers import AutoImageProcessor, AutoTokenizer, InternVLForConditionalGeneration
+
+    from janus_data.models import tiny_model_path
+
+    path = tiny_model_path("internvl")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    processor = AutoImageProcessor.from_pretrained(path)
+    cfg = internvl3_config(size, image_token_id=tokenizer.context_image_token_id)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = InternVLForConditionalGeneration(cfg).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, tokenizer, processor

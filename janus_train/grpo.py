@@ -27,6 +27,7 @@ communication; token counts are summed over processes so the loss is the global 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -209,6 +210,96 @@ class GRPOLossModule(torch.nn.Module):
         return loss + touch_trainable_heads(self.model), stats
 
 
+class GRPOStep:
+    """The three phases of one GRPO step on this process: rollout, judge, loss + backward.
+
+    `run_rl` drives it with checkpoints, schedules and metrics; benchmarks time its phases.
+    """
+
+    def __init__(self, policy, reference, builder: SequenceBuilder, image_processor, scorer, cfg: RLConfig, dist):
+        self.policy = policy
+        self.reference = reference
+        self.builder = builder
+        self.image_processor = image_processor
+        self.scorer = scorer
+        self.cfg = cfg
+        self.dist = dist
+        self.device = next(policy.parameters()).device
+        image = SamplerParams(cfg.cfg_weight, cfg.temperature, cfg.top_k, cfg.top_p)
+        params = RolloutParams(image, cfg.text_temperature, cfg.reason_tokens)
+        self.engine = RolloutEngine(policy, builder, image_processor, params)
+        self.module = GRPOLossModule(policy, builder, image_processor, cfg)
+        self.wrapped = self.module
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def rollout(self, texts: list[str], seeds: list[int]) -> Rollouts:
+        self.policy.eval()
+        with self.autocast():
+            return self.engine.run(texts, seeds)
+
+    def score(self, ro: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+        """S(image 1) per rollout and S(image 2) (NaN where none was drawn), in one scorer call."""
+        redo = ro.regenerated
+        scores = self.scorer.score(
+            ro.prompts + [ro.prompts[i] for i in redo],
+            [*ro.pixels1, *(ro.pixels2[i] for i in redo)],
+            [*ro.image1, *(ro.image2[i] for i in redo)],
+        )
+        s1 = torch.tensor(scores[: len(ro)], dtype=torch.float32)
+        s2 = torch.full_like(s1, float("nan"))
+        s2[redo] = torch.tensor(scores[len(ro) :], dtype=torch.float32)
+        return s1, s2
+
+    def backward(self, ro: Rollouts, advantages: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Accumulate the step's gradient over micro-batches; sums for the loss statistics."""
+        cfg, dist = self.cfg, self.dist
+        self.policy.train()
+        rows = list(range(len(ro)))
+        chunks = [rows[i : i + cfg.micro_batch] for i in range(0, len(rows), cfg.micro_batch)]
+        masks = [segments_for(ro, c, self.device) for c in chunks]
+        counts = torch.tensor([[float(m[s].sum()) for s in SEGMENT_NAMES] for m, _ in masks]).sum(0)
+        if dist.active:
+            torch.distributed.all_reduce(counts)
+        global_counts = dict(zip(SEGMENT_NAMES, counts.tolist(), strict=True))
+        sums = {"loss": 0.0, "kl": 0.0, "kl_n": 0.0, "clip": 0.0, "clip_n": 0.0}
+        for k, (chunk, (segs, behaviour)) in enumerate(zip(chunks, masks, strict=True)):
+            adv = {s: a[chunk].to(self.device) for s, a in advantages.items()}
+            with torch.no_grad(), self.autocast():
+                ref_logp = rollout_logprobs(self.reference, self.builder, self.image_processor, ro, chunk, cfg)
+            last = k == len(chunks) - 1
+            context = self.wrapped.no_sync() if dist.active and not last else contextlib.nullcontext()
+            with context:
+                with self.autocast():
+                    loss, stats = self.wrapped(ro, chunk, ref_logp, segs, adv, global_counts, behaviour)
+                (loss * dist.world_size).backward()
+            union = float(torch.stack(list(segs.values())).any(0).sum())
+            terms = float(sum(m.sum() for m in segs.values()))
+            sums["loss"] += float(stats["loss"])
+            sums["kl"] += float(stats["kl"]) * union
+            sums["kl_n"] += union
+            sums["clip"] += float(stats["clip_frac"]) * terms
+            sums["clip_n"] += terms
+        return sums
+
+
+def rollout_rewards(s1: torch.Tensor, s2: torch.Tensor, said_yes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-segment rewards: image1 <- R1 = S(image 1), judge <- R2 = 1 - |S1 - selfcheck|, final <- R3 = S(final)."""
+    return {
+        "image1": consistency_reward(s1),
+        "judge": selfcheck_reward(s1, said_yes),
+        "final": final_reward(s1, s2, said_yes),
+    }
+
+
 # -- prompts, seeds, schedule ------------------------------------------------------------------------
 def step_prompts(prompts: pl.DataFrame, step: int, per_step: int, dist: Distributed, seed: int) -> pl.DataFrame:
     """This process's prompts for `step`: a seeded permutation per epoch over all prompts, cut in
@@ -315,7 +406,6 @@ def run_rl(
 
     `scorer`: what gives S (default: the configured judge, `score.*`); see `rewards.py`.
     """
-    import contextlib
     import dataclasses
 
     from transformers import AutoImageProcessor, AutoTokenizer, JanusForConditionalGeneration
@@ -359,17 +449,7 @@ def run_rl(
     builder = SequenceBuilder(
         tokenizer, int(policy.config.vision_config.num_image_tokens), int(policy.config.vq_config.num_patches) ** 2
     )
-    image_params = SamplerParams(rcfg.cfg_weight, rcfg.temperature, rcfg.top_k, rcfg.top_p)
-    engine = RolloutEngine(
-        policy, builder, image_processor, RolloutParams(image_params, rcfg.text_temperature, rcfg.reason_tokens)
-    )
-    module = GRPOLossModule(policy, builder, image_processor, rcfg)
-    wrapped = module
-    if dist.active:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [device.index] if device.type == "cuda" else None
-        wrapped = DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    stepper = GRPOStep(policy, reference, builder, image_processor, scorer, rcfg, dist)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=rcfg.lr, betas=tuple(rcfg.betas), eps=rcfg.eps, weight_decay=rcfg.weight_decay
@@ -388,8 +468,6 @@ def run_rl(
     if dist.rank == 0:
         save_run_config(run_dir, cfg)
         truncate_metrics(ckpt_root / METRICS, step)
-    cuda = device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
     g = rcfg.group_size
     with stage_progress(progress if dist.rank == 0 else False) as bars:
         bar = bars.add_task("rl", total=target, completed=step, unit="step")
@@ -400,53 +478,14 @@ def run_rl(
             seeds = [
                 derive_seed(rcfg.seed, pid, f"rl-{step}", m) for pid in batch["prompt_id"].to_list() for m in range(g)
             ]
-            policy.eval()
-            with autocast():
-                ro = engine.run(texts, seeds)
+            ro = stepper.rollout(texts, seeds)
             t1 = time.perf_counter()
-            redo = ro.regenerated
-            s_all = scorer.score(
-                texts + [texts[i] for i in redo],
-                [*ro.pixels1, *(ro.pixels2[i] for i in redo)],
-                [*ro.image1, *(ro.image2[i] for i in redo)],
-            )
-            s1 = torch.tensor(s_all[: len(texts)])
-            s2 = torch.full_like(s1, float("nan"))
-            s2[redo] = torch.tensor(s_all[len(texts) :], dtype=s2.dtype)
+            s1, s2 = stepper.score(ro)
             t2 = time.perf_counter()
-            rewards = {
-                "image1": consistency_reward(s1),
-                "judge": selfcheck_reward(s1, ro.said_yes),
-                "final": final_reward(s1, s2, ro.said_yes),
-            }
-            advantages = {k: group_advantages(v, g).to(device) for k, v in rewards.items()}
-            policy.train()
+            rewards = rollout_rewards(s1, s2, ro.said_yes)
+            advantages = {k: group_advantages(v, g) for k, v in rewards.items()}
             optimizer.zero_grad(set_to_none=True)
-            rows = list(range(len(texts)))
-            chunks = [rows[i : i + rcfg.micro_batch] for i in range(0, len(rows), rcfg.micro_batch)]
-            masks = [segments_for(ro, c, device) for c in chunks]
-            counts = torch.tensor([[float(m[s].sum()) for s in SEGMENT_NAMES] for m, _ in masks]).sum(0)
-            if dist.active:
-                torch.distributed.all_reduce(counts)
-            global_counts = dict(zip(SEGMENT_NAMES, counts.tolist(), strict=True))
-            sums = {"loss": 0.0, "kl": 0.0, "kl_n": 0.0, "clip": 0.0, "clip_n": 0.0}
-            for k, (chunk, (segs, behaviour)) in enumerate(zip(chunks, masks, strict=True)):
-                adv = {s: a[chunk] for s, a in advantages.items()}
-                with torch.no_grad(), autocast():
-                    ref_logp = rollout_logprobs(reference, builder, image_processor, ro, chunk, rcfg)
-                sync = k == len(chunks) - 1
-                context = wrapped.no_sync() if dist.active and not sync else contextlib.nullcontext()
-                with context:
-                    with autocast():
-                        loss, stats = wrapped(ro, chunk, ref_logp, segs, adv, global_counts, behaviour)
-                    (loss * dist.world_size).backward()
-                union = float(torch.stack(list(segs.values())).any(0).sum())
-                terms = float(sum(m.sum() for m in segs.values()))
-                sums["loss"] += float(stats["loss"])
-                sums["kl"] += float(stats["kl"]) * union
-                sums["kl_n"] += union
-                sums["clip"] += float(stats["clip_frac"]) * terms
-                sums["clip_n"] += terms
+            sums = stepper.backward(ro, advantages)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, rcfg.grad_clip if rcfg.grad_clip > 0 else float("inf"))
             metrics = _step_metrics(rewards, s1, s2, ro, sums, dist)
             if not (math.isfinite(metrics["loss"]) and torch.isfinite(grad_norm)):

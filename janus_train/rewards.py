@@ -39,7 +39,8 @@ class JudgeScorer:
         self.judge = judge
         self.retries = retries
         self.backoff_s = backoff_s
-        self.name = f"judge:{getattr(judge, 'model_name', type(judge).__name__)}"
+        model = getattr(judge, "model_id", None) or getattr(judge, "model", None)
+        self.name = f"judge:{model if isinstance(model, str) and model else type(judge).__name__}"
 
     def score(self, prompts: list[str], pixels: list[np.ndarray], tokens: list[torch.Tensor]) -> list[float]:
         images = [Image.fromarray(p) for p in pixels]

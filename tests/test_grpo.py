@@ -241,7 +241,7 @@ def test_cli_end_to_end_from_sft_checkpoint_with_the_judge_over_http(run, sft_ch
                 "--endpoint",
                 server.url,
                 "--no-progress",
-            ],  # fmt: skip
+            ],
         )
     assert out.exit_code == 0, out.output
     assert "janus train rl" in out.output and "R1 = S(image 1)" in out.output and "judge" in out.output
