@@ -65,7 +65,15 @@ from janus_train.losses import collate, hidden_states
 from janus_train.rollout import RolloutEngine, RolloutParams, Rollouts, answer_words
 from janus_train.sequences import IGNORE, SequenceBuilder
 from janus_train.sft import CKPT_DIR as SFT_CKPT_DIR
-from janus_train.sft import METRICS, Distributed, TrainError, init_distributed, set_trainable, truncate_metrics
+from janus_train.sft import (
+    METRICS,
+    Distributed,
+    TrainError,
+    TrainResult,
+    init_distributed,
+    set_trainable,
+    truncate_metrics,
+)
 from janus_train.steps import touch_trainable_heads
 
 CKPT_DIR = "checkpoints/rl"
@@ -356,22 +364,13 @@ class RefState:
 
 
 @dataclass
-class RLResult:
-    run_dir: Path
-    rank: int = 0
-    start_step: int = 0
-    end_step: int = 0
-    max_steps: int = 0
-    world_size: int = 1
+class RLResult(TrainResult):
     rollouts: int = 0
-    seconds: float = 0.0
     first: dict[str, float] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=lambda: {"rollout": 0.0, "judge": 0.0, "update": 0.0})
     refreshes: int = 0
     scorer: str = ""
-    checkpoint: Path | None = None
-    resumed_from: Path | None = None
 
 
 # -- the trainer ------------------------------------------------------------------------------------

@@ -52,19 +52,25 @@ class TrainError(JanusError):
 
 
 @dataclass
-class SFTResult:
+class TrainResult:
+    """What a training call did: the steps it ran, where it wrote, how long it took."""
+
     run_dir: Path
     rank: int = 0
     start_step: int = 0
     end_step: int = 0
     max_steps: int = 0
     world_size: int = 1
-    samples: int = 0
     seconds: float = 0.0
-    last_loss: dict[str, float] = field(default_factory=dict)
-    first_loss: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
     resumed_from: Path | None = None
+
+
+@dataclass
+class SFTResult(TrainResult):
+    samples: int = 0
+    last_loss: dict[str, float] = field(default_factory=dict)
+    first_loss: dict[str, float] = field(default_factory=dict)
 
     @property
     def samples_per_s(self) -> float:
