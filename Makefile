@@ -12,13 +12,21 @@ $(BIN)/janus: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(BIN)/janus
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench browser
 setup: $(BIN)/janus
+
+# The report's test opens it in headless Chromium (Debian's package); installed when possible.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium for the report test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) >/dev/null; \
+	  else echo "chromium not found and cannot be installed here: the report's browser test will be skipped"; fi; }
 
 demo: setup
 	$(BIN)/janus demo
 
-test: setup
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 

@@ -359,13 +359,128 @@ def models_tiny(
     console.print(f"tiny {name}: {path}")
 
 
+STAGE_HELP = "synth, score, filter, sft or rl"
+
+
+def _complete_stage(incomplete: str) -> list[str]:
+    return [s for s in ("synth", "score", "filter", "sft", "rl") if s.startswith(incomplete)]
+
+
+def _stage_printer(run: Path) -> Callable[[Any], None]:
+    """Print each stage's summary as `janus run` finishes it (or says it was already complete)."""
+    printers = {"synth": print_synth, "score": print_score, "filter": print_filter, "sft": print_sft, "rl": print_rl}
+
+    def show(outcome) -> None:
+        if outcome.status == "skipped":
+            console.print(f"[dim]skip {outcome.stage}: already complete with these inputs[/]", highlight=False)
+        else:
+            printers[outcome.stage](outcome.result)
+
+    return show
+
+
+def _outputs_table(run: Path, outcomes, report: Path | None):
+    """What the chain produced and where."""
+    from rich import box
+    from rich.table import Table
+
+    where = {
+        "synth": "manifests/images, images/",
+        "score": "manifests/scores",
+        "filter": "sft/{t2i,judge,regen}/*.tar, manifests/samples",
+        "sft": "checkpoints/sft",
+        "rl": "checkpoints/rl",
+    }
+    table = Table(title=f"janus run — {run}", title_justify="left", box=box.SIMPLE)
+    for col in ("stage", "status", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left", no_wrap=True, min_width=7)
+    table.add_column("outputs", overflow="fold")
+    for o in outcomes:
+        table.add_row(o.stage, o.status, f"{o.seconds:.1f}" if o.status == "ran" else "-", f"{run}/{where[o.stage]}")
+    if report is not None:
+        table.caption = f"report: {report}"
+        table.caption_justify = "left"
+    return table
+
+
+@app.command("run")
+@user_errors
+def run_chain(
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset or YAML file with a section per stage.")],
+    run: Annotated[
+        Path | None, typer.Option("--run", "--run-dir", help="Run directory [config: pipeline.run_dir].")
+    ] = None,
+    prompts: Annotated[Path | None, typer.Option(help="Prompt file for synth [config: pipeline.prompts].")] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help=f"First stage: {STAGE_HELP}.", autocompletion=_complete_stage)
+    ] = None,
+    stop: Annotated[
+        str | None, typer.Option("--to", help=f"Last stage: {STAGE_HELP}.", autocompletion=_complete_stage)
+    ] = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")] = True,
+    progress: ProgressOpt = True,
+) -> None:
+    """Run synth -> score -> filter -> sft -> rl from one config; stages already complete are skipped.
+
+    Kill it at any moment and run the same command again: it goes on where it stopped.
+    Example: janus run --config my_run.yaml --run runs/r1 --prompts prompts.jsonl --to filter
+    """
+    quiet_libraries()
+    from janus_data.config import load_config
+    from janus_data.errors import ConfigError
+    from janus_train.pipeline import run_pipeline
+
+    cfg = load_config(config)
+    run_dir = run or (Path(cfg.pipeline.run_dir) if cfg.pipeline.run_dir else None)
+    if run_dir is None:
+        raise ConfigError("no run directory", hint="pass --run DIR or set pipeline.run_dir in the config")
+    prompt_file = prompts or (Path(cfg.pipeline.prompts) if cfg.pipeline.prompts else None)
+    hint = f"janus run --config {config} --run {run_dir}"
+    outcomes = run_pipeline(
+        run_dir,
+        cfg,
+        prompt_file,
+        start,
+        stop,
+        progress=None if progress else False,
+        on_stage=_stage_printer(run_dir),
+        resume_hint=hint,
+    )
+    path = _write_report(run_dir) if report else None
+    console.print(_outputs_table(run_dir, outcomes, path))
+
+
+def _write_report(run: Path) -> Path:
+    from janus_data.report import build_report
+
+    return build_report(run).path
+
+
+@data_app.command("report")
+@user_errors
+def data_report(
+    run: RunOpt,
+    out: Annotated[Path | None, typer.Option(help="Report directory [default: <run>/report].")] = None,
+    prompts_shown: Annotated[int, typer.Option(help="Prompts with best/worst image sheets.")] = 6,
+) -> None:
+    """Write a self-contained HTML report of a run: S histograms, pass rates, samples, SFT and GRPO curves.
+
+    Example: janus data report --run runs/demo   (then open runs/demo/report/index.html)
+    """
+    quiet_libraries()
+    from janus_data.report import build_report, report_table
+
+    result = build_report(run, out, prompts_shown=prompts_shown)
+    console.print(report_table(result))
+
+
 @app.command("demo")
 @user_errors
 def demo(
     run: Annotated[Path, typer.Option("--run", help="Run directory for the demo.")] = Path("runs/demo"),
     progress: ProgressOpt = True,
 ) -> None:
-    """Run the pipeline on the bundled prompts with tiny random models, on CPU.
+    """Run every stage on the bundled prompts with tiny random models, on CPU, and write the report.
 
     Tiny random models demonstrate the mechanics, not image quality.
     Example: janus demo --run runs/demo
@@ -373,29 +488,26 @@ def demo(
     quiet_libraries()
     from janus_data.config import PROJECT_ROOT, load_config
     from janus_data.contact import contact_sheet
-    from janus_data.filter import run_filter
-    from janus_data.score import run_score
-    from janus_data.synth import run_synth
-    from janus_train.checkpoint import latest_checkpoint
-    from janus_train.grpo import CKPT_DIR as RL_CKPT_DIR
-    from janus_train.grpo import run_rl
-    from janus_train.sft import run_sft
+    from janus_train.pipeline import run_pipeline
 
     prompts = PROJECT_ROOT / "manifests" / "demo_prompts.jsonl"
-    console.print("[bold]janus demo[/]: tiny random models on CPU — they demonstrate the mechanics, not image quality.")
-    cfg = load_config("tiny")
-    bars = None if progress else False
-    print_synth(run_synth(run, cfg, prompts, progress=bars))
+    note = "tiny random models on CPU: they demonstrate the mechanics, not image quality"
+    console.print(f"[bold]janus demo[/]: {note}.")
+    outcomes = run_pipeline(
+        run,
+        load_config("tiny"),
+        prompts,
+        progress=None if progress else False,
+        on_stage=_stage_printer(run),
+        resume_hint=f"janus demo --run {run}",
+    )
     sheet = contact_sheet(run, run / "contact_sheet.png")
-    console.print(f"contact sheet: {sheet}", highlight=False)
-    print_score(run_score(run, cfg, progress=bars))
-    print_filter(run_filter(run, cfg, progress=bars))
-    print_sft(run_sft(run, cfg, progress=bars))
-    resume = latest_checkpoint(run / RL_CKPT_DIR) is not None
-    print_rl(run_rl(run, cfg, resume=resume, progress=bars))
+    report = _write_report(run)
+    console.print(_outputs_table(run, outcomes, report))
     console.print(
-        f'demo run: {run.resolve()}  (inspect: python -c "import polars as pl; '
-        f"print(pl.read_parquet('{run}/manifests/samples/samples.parquet'))\")",
+        f"contact sheet: {sheet}\nreport: {report}  (open it in a browser)\n"
+        f"inspect: python -c \"import polars as pl; print(pl.read_parquet('{run}/manifests/samples/samples.parquet'))\"\n"
+        f"[bold]Remember[/]: {note}.",
         highlight=False,
     )
 

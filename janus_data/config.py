@@ -289,9 +289,20 @@ class RLConfig:
 
 
 @dataclass(frozen=True)
+class PipelineConfig:
+    """`janus run`: where the chained stages read their prompts and write their run."""
+
+    run_dir: str | None = None
+    """Run directory (`--run` overrides)."""
+    prompts: str | None = None
+    """Prompt file for synth (`--prompts` overrides); null: the run's existing prompts."""
+
+
+@dataclass(frozen=True)
 class JanusRunConfig:
     """One run of the pipeline: every stage's settings."""
 
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)

@@ -11,6 +11,9 @@ from janus_data.config import JanusRunConfig, load_config, to_dict
 from janus_data.manifest import atomic_write
 
 CONFIG_FILE = "config.yaml"
+# Where the trainers write checkpoints and their metrics.jsonl (janus_train.sft / janus_train.grpo).
+CKPT_DIRS = {"sft": "checkpoints/sft", "rl": "checkpoints/rl"}
+METRICS = "metrics.jsonl"
 
 
 def save_run_config(run_dir: Path, cfg: JanusRunConfig) -> Path:

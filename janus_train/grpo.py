@@ -43,7 +43,7 @@ from janus_data.errors import RunDirError
 from janus_data.generators.sampling import SamplerParams, cfg_logits, masked_scaled_logits
 from janus_data.models import resolve_device, resolve_model
 from janus_data.progress import stage_progress
-from janus_data.rundir import save_run_config
+from janus_data.rundir import CKPT_DIRS, save_run_config
 from janus_data.seeds import derive_seed
 from janus_train.checkpoint import (
     CheckpointError,
@@ -76,7 +76,7 @@ from janus_train.sft import (
 )
 from janus_train.steps import touch_trainable_heads
 
-CKPT_DIR = "checkpoints/rl"
+CKPT_DIR = CKPT_DIRS["rl"]
 SEGMENT_NAMES = ("image1", "judge", "final")
 
 

@@ -29,7 +29,7 @@ from janus_data.errors import JanusError, RunDirError
 from janus_data.manifest import atomic_write
 from janus_data.models import resolve_device, resolve_model
 from janus_data.progress import stage_progress
-from janus_data.rundir import save_run_config
+from janus_data.rundir import CKPT_DIRS, METRICS, save_run_config
 from janus_data.wds import decode_sample
 from janus_train.checkpoint import (
     CheckpointError,
@@ -43,8 +43,7 @@ from janus_train.checkpoint import (
 TASKS = ("t2i", "judge", "regen")
 TRAINABLE = ("language_model", "lm_head", "generation_embeddings", "generation_aligner", "generation_head", "aligner")
 FROZEN = ("vision_model", "vqmodel")
-CKPT_DIR = "checkpoints/sft"
-METRICS = "metrics.jsonl"
+CKPT_DIR = CKPT_DIRS["sft"]
 
 
 class TrainError(JanusError):

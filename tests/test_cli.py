@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -128,12 +129,46 @@ def test_rerun_says_nothing_to_do(done_run):
     assert "nothing to do" in res.stderr
 
 
-@pytest.mark.parametrize("cmd", [[], ["data"], ["data", "synth"], ["demo"], ["models", "tiny"]])
-def test_help_has_an_example(cmd):
-    res = invoke(*cmd, "--help")
-    assert res.exit_code == 0
-    if cmd and cmd[-1] != "data":
-        assert "Example" in res.output
+def _leaf_commands(group=None, path=()):
+    """Every command path of the CLI, walked from typer's click group."""
+    import typer.main
+
+    group = group or typer.main.get_command(app)
+    for name, cmd in group.commands.items():
+        if hasattr(cmd, "commands"):
+            yield from _leaf_commands(cmd, (*path, name))
+        else:
+            yield (*path, name)
+
+
+def test_every_command_has_help_with_an_example():
+    leaves = list(_leaf_commands())
+    assert {("run",), ("demo",), ("data", "report"), ("train", "rl"), ("train", "sft")} <= set(leaves)
+    for cmd in leaves:
+        res = invoke(*cmd, "--help")
+        assert res.exit_code == 0, cmd
+        assert "Example: janus" in res.output or "Example: torchrun" in res.output, cmd
+
+
+@pytest.mark.parametrize(
+    ("words", "cword", "expected"),
+    [("janus da", 1, {"data"}), ("janus train r", 2, {"rl"}), ("janus run --from s", 3, {"synth", "score", "sft"})],
+)
+def test_shell_completion(words, cword, expected):
+    """Bash completion as the installed script asks for it (`janus --install-completion`)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "_JANUS_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}
+    out = subprocess.run(
+        [sys.executable, "-c", "from cli import app; app(prog_name='janus')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=60,
+    )
+    assert set(out.stdout.split()) == expected, out.stderr
 
 
 def test_demo_runs_end_to_end(tmp_path, janus_cache):
@@ -141,8 +176,12 @@ def test_demo_runs_end_to_end(tmp_path, janus_cache):
     assert res.exit_code == 0, res.output
     assert "not image quality" in res.stderr and "contact sheet" in res.stderr
     assert (tmp_path / "demo" / "contact_sheet.png").is_file()
+    assert (tmp_path / "demo" / "report" / "index.html").is_file()
+    assert (tmp_path / "demo" / "checkpoints" / "rl" / "step-000004").is_dir()
     again = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
-    assert again.exit_code == 0 and "nothing to do" in again.stderr
+    assert again.exit_code == 0
+    for stage in ("synth", "score", "filter", "sft", "rl"):
+        assert f"skip {stage}" in again.stderr
 
 
 def test_models_tiny_writes_a_loadable_checkpoint(tmp_path):

@@ -285,3 +285,31 @@ def test_cli_bad_input_is_one_line(run, tmp_path):
     assert missing.exit_code == 2 and "no-ckpt" in missing.output
     resume = runner.invoke(app, ["train", "rl", "--run", str(run), "--config", "tiny", "--resume"])
     assert resume.exit_code == 2 and "no checkpoint to resume" in resume.output
+
+
+def test_reference_refresh_triggers_on_schedule_and_on_a_reward_drop():
+    from janus_train.grpo import RefState
+
+    every = cfg(ref_refresh_every=3).rl
+    state = RefState()
+    assert [state.observe(0.5, every, step) for step in (1, 2, 3)] == [False, False, True]
+    state.refreshed(3, every)
+    assert [state.observe(0.5, every, step) for step in (4, 5, 6)] == [False, False, True]
+    drop = cfg(ref_refresh_drop=0.05, reward_ema=0.5, refresh_lr_factor=0.5).rl
+    state = RefState()
+    seen = [state.observe(r, drop, k) for k, r in enumerate([0.5, 0.6, 0.7, 0.7, 0.55, 0.5], start=1)]
+    assert seen == [False, False, False, False, True, True]  # ema 0.5 .55 .625 .6625 .606 .553
+    state.refreshed(6, drop)
+    assert state.best == state.ema and state.lr_scale == 0.5 and state.refreshes == 1
+
+
+def test_learning_rate_schedules():
+    from janus_train.grpo import RefState, lr_lambda
+
+    state = RefState()
+    cosine = lr_lambda(cfg(max_steps=105, warmup_steps=5, min_lr_ratio=0.0).rl, state)
+    assert [round(cosine(s), 4) for s in (0, 4, 5, 55, 105)] == [0.2, 1.0, 1.0, 0.5, 0.0]
+    linear = lr_lambda(cfg(max_steps=105, warmup_steps=5, schedule="linear", min_lr_ratio=0.2).rl, state)
+    assert [round(linear(s), 4) for s in (5, 55, 105)] == [1.0, 0.6, 0.2]
+    state.lr_scale = 0.5
+    assert linear(5) == 0.5

@@ -210,7 +210,6 @@ class ImageTokenLoop:
         return graph
 
     # -- the API ----------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def __call__(
         self,
         embeds: torch.Tensor,
@@ -222,7 +221,27 @@ class ImageTokenLoop:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(2B, L, D) CFG row-pair embeds and (2B, L) left-padded mask (`janus_loop.cfg_inputs`),
         (B,) int64 seeds -> (B, N) tokens and optionally (B, N) float32 logprobs.
+
+        Under the caller's autocast, weight casts are not cached while graphs are in use: the
+        cache dies with the caller's autocast context, and a captured graph would go on reading
+        the freed copies. Each step then casts the weights it reads, inside the graph.
         """
+        dev = self.device.type
+        if self.use_graph and torch.is_autocast_enabled(dev) and torch.is_autocast_cache_enabled():
+            with torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), cache_enabled=False):
+                return self._run(embeds, mask, seeds, params, num_tokens, want_logprobs)
+        return self._run(embeds, mask, seeds, params, num_tokens, want_logprobs)
+
+    @torch.inference_mode()
+    def _run(
+        self,
+        embeds: torch.Tensor,
+        mask: torch.Tensor,
+        seeds: torch.Tensor,
+        params: SamplerParams,
+        num_tokens: int,
+        want_logprobs: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         rows, length, _ = embeds.shape
         if rows % 2 or mask.shape != (rows, length) or seeds.shape != (rows // 2,):
             raise ValueError(

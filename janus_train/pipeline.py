@@ -1,0 +1,182 @@
+"""`janus run`: synth -> score -> filter -> sft -> rl from one config, resumable stage by stage.
+
+Each stage is already resumable on its own (it does only the missing work). The chain adds:
+
+- a completion record per stage, `<run>/pipeline/<stage>.json`, written atomically when the
+  stage returns. It holds a fingerprint of what the stage's output depends on: its own config
+  section, the settings it shares with others (the generator checkpoint, the judge), the prompt
+  file's bytes for synth, and the fingerprint of the stage before it. A stage whose record
+  matches is skipped without loading a model; a changed setting upstream re-runs everything
+  after it (each stage then does only what is missing);
+- SFT and GRPO continue from their latest checkpoint when they were stopped midway; when they
+  had finished with other inputs, their old checkpoints are set aside
+  (`checkpoints/<stage>.stale-<fingerprint>`) and they train afresh. To train longer with the
+  same inputs, use `janus train sft|rl --resume --max-steps N`;
+- the first failure stops the chain with one line naming the stage and the command that
+  resumes it. Completed stages stay recorded.
+
+It runs in one process: the stages' own commands are the way to spread a stage over a
+cluster (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from janus_data.config import JanusRunConfig, to_dict
+from janus_data.errors import JanusError, one_line
+from janus_data.manifest import atomic_write
+from janus_data.rundir import save_run_config
+
+STAGES = ("synth", "score", "filter", "sft", "rl")
+RECORD_DIR = "pipeline"
+# The config each stage's output depends on, beyond its own section.
+_DEPENDS = {
+    "synth": ("runtime.dtype",),
+    "score": ("runtime.dtype",),
+    "filter": ("synth.janus.model",),
+    "sft": ("synth.janus.model",),
+    "rl": ("score", "synth.janus.model"),
+}
+
+
+class PipelineError(JanusError):
+    """A stage of `janus run` failed."""
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    status: str  # "ran" | "skipped"
+    seconds: float = 0.0
+    result: Any = None
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def fingerprint(cfg: JanusRunConfig, stage: str, upstream: str, prompts: Path | None) -> str:
+    """What `stage`'s output depends on, as a hex digest."""
+    tree = to_dict(cfg)
+    parts = {
+        "stage": stage,
+        "upstream": upstream,
+        "section": tree[stage],
+        "depends": {key: _lookup(tree, key) for key in _DEPENDS[stage]},
+    }
+    if stage == "synth" and prompts is not None:
+        parts["prompts"] = hashlib.sha256(Path(prompts).read_bytes()).hexdigest()
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / RECORD_DIR / f"{stage}.json"
+
+
+def read_record(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    path = record_path(run_dir, stage)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent or torn: the stage counts as not done
+
+
+def _set_aside(ckpt_root: Path, old_fingerprint: str) -> None:
+    if ckpt_root.exists():
+        ckpt_root.rename(ckpt_root.with_name(f"{ckpt_root.name}.stale-{old_fingerprint}"))
+
+
+def stage_range(start: str | None, stop: str | None) -> list[str]:
+    """The stages from `start` to `stop` inclusive, or a one-line error naming the valid ones."""
+    for name in (start, stop):
+        if name is not None and name not in STAGES:
+            raise PipelineError(f"unknown stage '{name}'", hint=f"stages: {', '.join(STAGES)}")
+    first = STAGES.index(start) if start else 0
+    last = STAGES.index(stop) if stop else len(STAGES) - 1
+    if first > last:
+        raise PipelineError(f"--from {start} comes after --to {stop}", hint=f"stage order: {' -> '.join(STAGES)}")
+    return list(STAGES[first : last + 1])
+
+
+def run_pipeline(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    prompts: Path | None = None,
+    start: str | None = None,
+    stop: str | None = None,
+    progress: bool | None = None,
+    on_stage: Callable[[StageOutcome], None] | None = None,
+    resume_hint: str = "janus run",
+) -> list[StageOutcome]:
+    """Run the selected stages in order, skipping those already complete with the same inputs.
+
+    `on_stage` is called after each stage (ran or skipped), e.g. to print its summary.
+    `resume_hint` is the command line a failure message tells the user to rerun.
+    """
+    from janus_data.filter import run_filter
+    from janus_data.score import run_score
+    from janus_data.synth import run_synth
+    from janus_train.checkpoint import latest_checkpoint
+    from janus_train.grpo import CKPT_DIR as RL_DIR
+    from janus_train.grpo import run_rl
+    from janus_train.sft import CKPT_DIR as SFT_DIR
+    from janus_train.sft import run_sft
+
+    run_dir = Path(run_dir)
+    selected = stage_range(start, stop)
+    save_run_config(run_dir, cfg)
+    runners: dict[str, Callable[[], Any]] = {
+        "synth": lambda: run_synth(run_dir, cfg, prompts, progress=progress),
+        "score": lambda: run_score(run_dir, cfg, progress=progress),
+        "filter": lambda: run_filter(run_dir, cfg, progress=progress),
+        "sft": lambda: run_sft(
+            run_dir, cfg, resume=latest_checkpoint(run_dir / SFT_DIR) is not None, progress=progress
+        ),
+        "rl": lambda: run_rl(run_dir, cfg, resume=latest_checkpoint(run_dir / RL_DIR) is not None, progress=progress),
+    }
+    trainers = {"sft": SFT_DIR, "rl": RL_DIR}
+    outcomes = []
+    upstream = ""
+    for stage in STAGES:
+        fp = fingerprint(cfg, stage, upstream, prompts if stage == "synth" else None)
+        if stage == "synth" and prompts is None:
+            # No prompt file given: the run's own prompts, whatever was recorded when they came in.
+            fp = (read_record(run_dir, stage) or {}).get("fingerprint", fp)
+        upstream = fp
+        if stage not in selected:
+            continue
+        record = read_record(run_dir, stage)
+        if record is not None and record.get("fingerprint") == fp:
+            outcome = StageOutcome(stage, "skipped")
+        else:
+            if stage in trainers and record is not None:
+                # Finished before with other inputs: its checkpoints belong to those; set them aside
+                # and train afresh (a run killed mid-stage has no record and resumes instead).
+                _set_aside(run_dir / trainers[stage], record["fingerprint"])
+            t0 = time.perf_counter()
+            try:
+                result = runners[stage]()
+            except Exception as err:  # KeyboardInterrupt passes: the CLI says how to resume
+                message, hint = (err.message, err.hint) if isinstance(err, JanusError) else (one_line(err), "")
+                raise PipelineError(
+                    f"stage {stage} failed: {message}",
+                    hint=f"{hint + '; then ' if hint else 'fix it, then '}resume with `{resume_hint} --from {stage}` "
+                    "(finished stages are skipped)",
+                ) from err
+            outcome = StageOutcome(stage, "ran", time.perf_counter() - t0, result)
+            text = json.dumps({"stage": stage, "fingerprint": fp, "seconds": round(outcome.seconds, 3)}).encode()
+            atomic_write(record_path(run_dir, stage), lambda fh, text=text: fh.write(text))
+        outcomes.append(outcome)
+        if on_stage is not None:
+            on_stage(outcome)
+    return outcomes

@@ -1,0 +1,162 @@
+"""`janus run`: the chain, skipping complete stages, failures, and kills at several points."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli import app
+from janus_data.config import load_config
+from janus_data.manifest import read_manifest
+from janus_train.pipeline import STAGES, PipelineError, read_record, run_pipeline, stage_range
+
+PROMPTS = ["a red cube on a table", "two birds on a branch", "a cat on a blue sofa", "three green apples"]
+SMALL = {
+    "synth": {"images_per_prompt": 6},
+    "filter": {"threshold": 0.6},
+    "sft": {"max_steps": 6, "save_every": 2, "log_every": 1, "warmup_steps": 1},
+    "rl": {"max_steps": 3, "save_every": 1, "prompts_per_step": 2, "group_size": 3, "micro_batch": 3},
+}
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+def config_file(tmp_path: Path, run: Path, prompts: Path, **extra) -> Path:
+    data = {"preset": "tiny", "pipeline": {"run_dir": str(run), "prompts": str(prompts)}, **SMALL}
+    for section, values in extra.items():
+        data[section] = {**data.get(section, {}), **values}
+    path = tmp_path / f"run-{len(list(tmp_path.glob('run-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def statuses(outcomes) -> dict[str, str]:
+    return {o.stage: o.status for o in outcomes}
+
+
+def test_chain_runs_every_stage_then_skips_them_and_reruns_what_a_change_touches(tmp_path, prompts):
+    run = tmp_path / "run"
+    cfg = load_config(str(config_file(tmp_path, run, prompts)))
+    assert statuses(run_pipeline(run, cfg, prompts, progress=False)) == dict.fromkeys(STAGES, "ran")
+    assert (run / "config.yaml").is_file() and all(read_record(run, s) for s in STAGES)
+    assert (run / "checkpoints/rl/step-000003").is_dir()
+    # Same inputs: nothing runs (no model is even loaded).
+    assert statuses(run_pipeline(run, cfg, None, progress=False)) == dict.fromkeys(STAGES, "skipped")
+    # A stricter filter: filter and everything after it re-run; synth and score do not.
+    stricter = load_config(str(config_file(tmp_path, run, prompts, filter={"threshold": 0.7})))
+    got = statuses(run_pipeline(run, stricter, prompts, progress=False))
+    assert got == {"synth": "skipped", "score": "skipped", "filter": "ran", "sft": "ran", "rl": "ran"}
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert [n.split(".")[0] for n in names] == ["rl", "rl", "sft", "sft"]  # fresh ones, old ones set aside
+    assert all(n.split(".")[1].startswith("stale-") for n in names if "." in n)
+
+
+def test_from_and_to_select_stages(tmp_path, prompts):
+    run = tmp_path / "run"
+    cfg = load_config(str(config_file(tmp_path, run, prompts)))
+    assert [o.stage for o in run_pipeline(run, cfg, prompts, stop="score", progress=False)] == ["synth", "score"]
+    assert not (run / "sft").exists()
+    assert statuses(run_pipeline(run, cfg, None, start="filter", stop="filter", progress=False)) == {"filter": "ran"}
+    assert stage_range("sft", None) == ["sft", "rl"]
+    with pytest.raises(PipelineError, match="unknown stage 'sythn'"):
+        stage_range("sythn", None)
+    with pytest.raises(PipelineError, match="--from rl comes after --to score"):
+        stage_range("rl", "score")
+
+
+def test_a_failure_names_the_stage_and_the_command_that_resumes(tmp_path, prompts):
+    run = tmp_path / "run"
+    dead = config_file(tmp_path, run, prompts, score={"backend": "lmdeploy", "endpoints": ["http://127.0.0.1:9"]})
+    out = CliRunner().invoke(app, ["run", "--config", str(dead), "--no-progress", "--no-report"])
+    assert out.exit_code == 2
+    line = " ".join(out.output.split())
+    assert "stage score failed" in line and "127.0.0.1:9" in line
+    assert f"janus run --config {dead} --run {run} --from score" in line
+    assert read_record(run, "synth") and not read_record(run, "score")
+    fixed = config_file(tmp_path, run, prompts)
+    out = CliRunner().invoke(app, ["run", "--config", str(fixed), "--no-progress", "--no-report", "--to", "score"])
+    assert out.exit_code == 0, out.output
+    assert "skip synth" in out.output and read_record(run, "score")
+
+
+def test_cli_bad_input(tmp_path, prompts):
+    runner = CliRunner()
+    no_run = tmp_path / "c.yaml"
+    no_run.write_text("preset: tiny\n")
+    out = runner.invoke(app, ["run", "--config", str(no_run)])
+    assert out.exit_code == 2 and "no run directory" in out.output
+    out = runner.invoke(app, ["run", "--config", "tiny", "--run", str(tmp_path / "r"), "--from", "trian"])
+    assert out.exit_code == 2 and "unknown stage 'trian'" in out.output
+    out = runner.invoke(app, ["run", "--config", "tiny", "--run", str(tmp_path / "r2"), "--no-report"])
+    assert out.exit_code == 2 and "stage synth failed" in " ".join(out.output.split())
+
+
+def _spawn(config: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "JANUS_NO_PROGRESS": "1"}
+    cmd = [sys.executable, "-c", "from cli import app; app()", "run", "--config", str(config), "--no-report"]
+    return subprocess.Popen(
+        cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[1]
+    )
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> bool:
+    """SIGKILL `proc` as soon as `ready()` holds; False if it finished first."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError("the stage never reached the kill point")
+
+
+def test_killed_during_each_stage_the_rerun_finishes_without_redoing_completed_stages(tmp_path, prompts):
+    run = tmp_path / "run"
+    config = config_file(tmp_path, run, prompts)
+    kill_points = {
+        "synth": lambda: any((run / "manifests/images").rglob("*.parquet")),
+        "score": lambda: any((run / "manifests/scores").rglob("*.parquet")),
+        "sft": lambda: (run / "checkpoints/sft/step-000002").exists(),
+        "rl": lambda: (run / "checkpoints/rl/step-000001").exists(),
+    }
+    killed = []
+    for k, (stage, ready) in enumerate(kill_points.items()):
+        before = {s for s in STAGES if read_record(run, s)}
+        proc = _spawn(config, tmp_path / f"log{k}.txt")
+        if _kill_when(proc, ready):
+            killed.append(stage)
+        log = (tmp_path / f"log{k}.txt").read_text()
+        for done in before:  # stages complete before this attempt were skipped, not redone
+            assert f"skip {done}" in log, (stage, log[-2000:])
+    assert len(killed) >= 3, killed  # most kills land inside their stage
+    final = _spawn(config, tmp_path / "final.txt")
+    assert final.wait(timeout=300) == 0, (tmp_path / "final.txt").read_text()[-3000:]
+    assert all(read_record(run, s) for s in STAGES)
+    images = read_manifest(run, "images")
+    assert images.height == len(PROMPTS) * 6 and images["image_id"].n_unique() == images.height
+    scores = read_manifest(run, "scores")
+    assert scores.height == images.height and scores["image_id"].n_unique() == scores.height
+    samples = pl.read_parquet(run / "manifests/samples/samples.parquet")
+    assert samples["key"].n_unique() == samples.height > 0
+    assert (run / "checkpoints/sft/step-000006").is_dir() and (run / "checkpoints/rl/step-000003").is_dir()
+    steps = [json.loads(line)["step"] for line in (run / "checkpoints/rl/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # a resumed trainer rewrites no step twice
