@@ -503,7 +503,7 @@ def demo(
     )
     sheet = contact_sheet(run, run / "contact_sheet.png")
     report = _write_report(run)
-    console.print(_outputs_table(run, outcomes, report))
+    console.print(_outputs_table(run, outcomes, None))
     console.print(
         f"contact sheet: {sheet}\nreport: {report}  (open it in a browser)\n"
         f"inspect: python -c \"import polars as pl; print(pl.read_parquet('{run}/manifests/samples/samples.parquet'))\"\n"
