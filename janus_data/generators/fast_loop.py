@@ -24,6 +24,7 @@ the model's forward does, minus the per-step mask construction and cache bookkee
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -227,21 +228,13 @@ class ImageTokenLoop:
         the freed copies. Each step then casts the weights it reads, inside the graph.
         """
         dev = self.device.type
+        autocast = contextlib.nullcontext()
         if self.use_graph and torch.is_autocast_enabled(dev) and torch.is_autocast_cache_enabled():
-            with torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), cache_enabled=False):
-                return self._run(embeds, mask, seeds, params, num_tokens, want_logprobs)
-        return self._run(embeds, mask, seeds, params, num_tokens, want_logprobs)
+            autocast = torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), cache_enabled=False)
+        with autocast, torch.inference_mode():
+            return self._run(embeds, mask, seeds, params, num_tokens, want_logprobs)
 
-    @torch.inference_mode()
-    def _run(
-        self,
-        embeds: torch.Tensor,
-        mask: torch.Tensor,
-        seeds: torch.Tensor,
-        params: SamplerParams,
-        num_tokens: int,
-        want_logprobs: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _run(self, embeds, mask, seeds, params: SamplerParams, num_tokens: int, want_logprobs: bool):
         rows, length, _ = embeds.shape
         if rows % 2 or mask.shape != (rows, length) or seeds.shape != (rows // 2,):
             raise ValueError(
