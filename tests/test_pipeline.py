@@ -135,6 +135,7 @@ def test_killed_during_each_stage_the_rerun_finishes_without_redoing_completed_s
     kill_points = {
         "synth": lambda: any((run / "manifests/images").rglob("*.parquet")),
         "score": lambda: any((run / "manifests/scores").rglob("*.parquet")),
+        "filter": lambda: any(run.glob("sft.build-*/*/sft-*.tar")),
         "sft": lambda: (run / "checkpoints/sft/step-000002").exists(),
         "rl": lambda: (run / "checkpoints/rl/step-000001").exists(),
     }
@@ -147,7 +148,8 @@ def test_killed_during_each_stage_the_rerun_finishes_without_redoing_completed_s
         log = (tmp_path / f"log{k}.txt").read_text()
         for done in before:  # stages complete before this attempt were skipped, not redone
             assert f"skip {done}" in log, (stage, log[-2000:])
-    assert len(killed) >= 3, killed  # most kills land inside their stage
+    print(f"janus run killed during: {killed}")
+    assert len(killed) >= 3, killed  # most kills land inside their stage (filter is quick to miss)
     final = _spawn(config, tmp_path / "final.txt")
     assert final.wait(timeout=300) == 0, (tmp_path / "final.txt").read_text()[-3000:]
     assert all(read_record(run, s) for s in STAGES)
