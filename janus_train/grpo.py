@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from PIL import Image
 
 from janus_data.config import JanusRunConfig, RLConfig, to_dict
 from janus_data.errors import RunDirError
@@ -62,7 +63,7 @@ from janus_train.grpo_math import (
     selfcheck_reward,
 )
 from janus_train.losses import collate, hidden_states
-from janus_train.rollout import RolloutEngine, RolloutParams, Rollouts, answer_words
+from janus_train.rollout import RolloutEngine, RolloutParams, Rollouts, answer_words, closed
 from janus_train.sequences import IGNORE, SequenceBuilder
 from janus_train.sft import CKPT_DIR as SFT_CKPT_DIR
 from janus_train.sft import (
@@ -130,8 +131,6 @@ def rollout_logprobs(
     cond, uncond = _image_targets(model, samples, builder, n, image_processor)
     grid[:, :n] = image_logprobs(cond, uncond, tok1, cfg)
     # the evaluation: Task-II sequences (image 1 through the understanding path)
-    from PIL import Image
-
     samples = [builder.judge(ro.prompts[r], Image.fromarray(ro.pixels1[r]), ro.judge_ids[r]) for r in rows]
     batch = collate(samples, builder.pad_id, image_processor).to(device)
     hidden = hidden_states(model, batch, image_processor)
@@ -151,12 +150,11 @@ def rollout_logprobs(
     # image 2: Task-III sequences of the rows that said No, and their twins (the first turn padded)
     redo = [i for i, r in enumerate(rows) if not bool(ro.said_yes[r])]
     if redo:
-        engine_eos = builder.eos_id
         samples = [
             builder.regen(
                 prompts[i],
                 tok1[i].cpu().numpy(),
-                _closed(ro.judge_ids[rows[i]], engine_eos),
+                closed(ro.judge_ids[rows[i]], builder.eos_id),
                 ro.image2[rows[i]].cpu().numpy(),
                 drop=d,
             )
@@ -166,10 +164,6 @@ def rollout_logprobs(
         cond, uncond = _image_targets(model, samples, builder, n, image_processor)
         grid[redo, n + width :] = image_logprobs(cond, uncond, ro.image2[[rows[i] for i in redo]].to(device), cfg)
     return grid
-
-
-def _closed(ids: list[int], eos: int) -> list[int]:
-    return ids if ids and ids[-1] == eos else [*ids, eos]
 
 
 def segments_for(ro: Rollouts, rows: list[int], device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -84,6 +84,12 @@ def answer_words(builder: SequenceBuilder) -> tuple[list[int], list[int]]:
     return yes, no
 
 
+def closed(ids: list[int], eos: int) -> list[int]:
+    """An evaluation as the regeneration context holds it: always ended by <EOS> (a reason cut at
+    the length bound gets one)."""
+    return ids if ids and ids[-1] == eos else [*ids, eos]
+
+
 def stage_seeds(seeds: list[int], stage: int) -> torch.Tensor:
     """Independent counter streams per rollout stage (1: image 1, 2: evaluation, 3: image 2)."""
     mask = (1 << 63) - 1
@@ -126,7 +132,7 @@ class RolloutEngine:
         redo = [i for i in range(b) if not said_yes[i]]
         if redo:
             prefixes = [
-                self.builder.regen(prompts[i], tok1[i].cpu().numpy(), self.with_eos(judge_ids[i]), drop=d)
+                self.builder.regen(prompts[i], tok1[i].cpu().numpy(), closed(judge_ids[i], self.builder.eos_id), drop=d)
                 for d in (False, True)
                 for i in redo
             ]
@@ -146,10 +152,6 @@ class RolloutEngine:
             pixels1=pixels1,
             pixels2=pixels2,
         )
-
-    def with_eos(self, ids: list[int]) -> list[int]:
-        """The evaluation as the regeneration context holds it: always closed by <EOS>."""
-        return ids if ids and ids[-1] == self.builder.eos_id else [*ids, self.builder.eos_id]
 
     def _images(self, prefixes, seeds: list[int], stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """CFG image tokens for 2B prefixes (B conditional, then their B unconditional twins)."""
