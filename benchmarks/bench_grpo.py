@@ -98,6 +98,7 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
         step.backward(ro, advantages)
         optimizer.step()
+        step.sync_actor()
         sync()
         t3 = time.perf_counter()
         return {"rollout": t1 - t0, "judge": t2 - t1, "update": t3 - t2, "regen": len(ro.regenerated) / len(ro)}

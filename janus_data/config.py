@@ -277,6 +277,10 @@ class RLConfig:
     """Smoothing of that moving average (of the mean of R1, R2, R3)."""
     refresh_lr_factor: float = 1.0
     """Multiply the learning rate by this at each refresh (1: keep)."""
+    rollout_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights the rollouts run on: 'auto' = a bf16 copy of the policy on CUDA (refreshed after each
+    update; half the bytes per decode step of casting the fp32 master weights), the policy itself
+    elsewhere."""
     judge_retries: int = 3
     """Tries per step for images the judge failed on (after the client's own retries); then the step fails."""
     seed: int = 0

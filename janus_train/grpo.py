@@ -28,6 +28,7 @@ communication; token counts are summed over processes so the loss is the global 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -229,7 +230,15 @@ class GRPOStep:
         self.device = next(policy.parameters()).device
         image = SamplerParams(cfg.cfg_weight, cfg.temperature, cfg.top_k, cfg.top_p)
         params = RolloutParams(image, cfg.text_temperature, cfg.reason_tokens)
-        self.engine = RolloutEngine(policy, builder, image_processor, params)
+        dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "float32": None}.get(
+            cfg.rollout_dtype, torch.bfloat16
+        )
+        # The actor draws the rollouts: the policy itself, or a low-precision copy of it that
+        # `sync_actor` refreshes in place after every update (in place keeps captured graphs valid).
+        self.actor = policy
+        if dtype is not None and dtype != next(policy.parameters()).dtype:
+            self.actor = copy.deepcopy(policy).to(dtype).eval().requires_grad_(False)
+        self.engine = RolloutEngine(self.actor, builder, image_processor, params)
         self.module = GRPOLossModule(policy, builder, image_processor, cfg)
         self.wrapped = self.module
         if dist.active:
@@ -243,8 +252,18 @@ class GRPOStep:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @torch.no_grad()
+    def sync_actor(self) -> None:
+        """Copy the policy's weights into the rollout copy (no-op when the policy draws itself)."""
+        if self.actor is self.policy:
+            return
+        for mine, theirs in zip(self.actor.parameters(), self.policy.parameters(), strict=True):
+            mine.copy_(theirs)  # buffers (rotary tables, VQ) never train
+
     def rollout(self, texts: list[str], seeds: list[int]) -> Rollouts:
         self.policy.eval()
+        if self.actor is not self.policy:  # already in low precision: no autocast casts
+            return self.engine.run(texts, seeds)
         with self.autocast():
             return self.engine.run(texts, seeds)
 
@@ -484,6 +503,7 @@ def run_rl(
             if not (math.isfinite(metrics["loss"]) and torch.isfinite(grad_norm)):
                 raise _nan_error(step + 1, ckpt_root)
             optimizer.step()
+            stepper.sync_actor()
             scheduler.step()
             step += 1
             t3 = time.perf_counter()

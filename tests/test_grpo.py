@@ -20,7 +20,8 @@ from janus_data.judge.hf import HFJudge
 from janus_data.judge.server import JudgeServer
 from janus_data.judge.types import JudgeResult
 from janus_data.prompts import load_prompts, write_prompts_manifest
-from janus_train.grpo import rollout_logprobs, run_rl, segments_for
+from janus_train.grpo import rollout_logprobs, rollout_rewards, run_rl, segments_for
+from janus_train.grpo_math import group_advantages
 from janus_train.rewards import CodebookShareScorer, JudgeScorer, RewardError
 from janus_train.rollout import RolloutEngine, RolloutParams, answer_words
 from janus_train.sequences import SequenceBuilder
@@ -343,3 +344,36 @@ def test_two_processes_equal_one_with_the_same_global_batch(run, tiny_janus, tmp
     for x, y in zip(metrics(run), metrics(single), strict=True):
         for key in ("reward/r1", "reward/r2", "reward/r3", "loss", "kl", "regen_rate"):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+
+
+def test_a_bf16_rollout_copy_follows_the_policy(run, tiny_janus):
+    """rollout_dtype bfloat16 (the default on CUDA): rollouts run on a bf16 copy that is
+    refreshed in place after every update."""
+    from janus_train.grpo import GRPOStep
+    from janus_train.sft import Distributed, set_trainable
+
+    model = JanusForConditionalGeneration.from_pretrained(tiny_janus)
+    set_trainable(model)
+    reference = JanusForConditionalGeneration.from_pretrained(tiny_janus).eval().requires_grad_(False)
+    builder = SequenceBuilder.from_pretrained(str(tiny_janus))
+    processor = AutoImageProcessor.from_pretrained(tiny_janus)
+    rl = cfg(rollout_dtype="bfloat16").rl
+    step = GRPOStep(model, reference, builder, processor, codebook_scorer(tiny_janus), rl, Distributed())
+    assert step.actor is not model and next(step.actor.parameters()).dtype == torch.bfloat16
+    before = [p.clone() for p in step.actor.parameters()]
+    ro = step.rollout(PROMPTS[:2] * 4, list(range(8)))
+    assert ro.image1.shape == (8, 16) and torch.isfinite(ro.image1_logp).all()
+    s1, s2 = step.score(ro)
+    advantages = {k: group_advantages(v, 4) for k, v in rollout_rewards(s1, s2, ro.said_yes).items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    step.backward(ro, advantages)
+    optimizer.step()
+    step.sync_actor()
+    for mine, theirs in zip(step.actor.parameters(), model.parameters(), strict=True):
+        assert torch.equal(mine, theirs.to(torch.bfloat16))
+    assert any(not torch.equal(m, o) for m, o in zip(step.actor.parameters(), before, strict=True))
+    assert (
+        cfg().rl.rollout_dtype == "auto"
+        and GRPOStep(model, reference, builder, processor, codebook_scorer(tiny_janus), cfg().rl, Distributed()).actor
+        is model
+    )  # on CPU, auto rolls out with the policy itself
