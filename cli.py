@@ -366,7 +366,7 @@ def _complete_stage(incomplete: str) -> list[str]:
     return [s for s in ("synth", "score", "filter", "sft", "rl") if s.startswith(incomplete)]
 
 
-def _stage_printer(run: Path) -> Callable[[Any], None]:
+def _stage_printer() -> Callable[[Any], None]:
     """Print each stage's summary as `janus run` finishes it (or says it was already complete)."""
     printers = {"synth": print_synth, "score": print_score, "filter": print_filter, "sft": print_sft, "rl": print_rl}
 
@@ -443,7 +443,7 @@ def run_chain(
         start,
         stop,
         progress=None if progress else False,
-        on_stage=_stage_printer(run_dir),
+        on_stage=_stage_printer(),
         resume_hint=hint,
     )
     path = _write_report(run_dir) if report else None
@@ -498,7 +498,7 @@ def demo(
         load_config("tiny"),
         prompts,
         progress=None if progress else False,
-        on_stage=_stage_printer(run),
+        on_stage=_stage_printer(),
         resume_hint=f"janus demo --run {run}",
     )
     sheet = contact_sheet(run, run / "contact_sheet.png")
