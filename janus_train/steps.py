@@ -37,6 +37,73 @@ def touch_trainable_heads(model) -> torch.Tensor:
     return 0.0 * sum(p.reshape(-1)[0] for p in heads)
 
 
+def wrap_parallel(module: torch.nn.Module, model, parallel: str | None, device: torch.device) -> torch.nn.Module:
+    """`module` (whose forward computes the loss of `model`) under DDP, FSDP2 or as is.
+
+    FSDP2: one unit per decoder layer, then `module` as the root unit (its forward gathers what
+    no layer unit holds: embeddings, heads, vision, VQ); bf16 compute with fp32 gradient
+    reduction on GPU, fp32 on CPU.
+    """
+    cuda = device.type == "cuda"
+    if parallel is None:
+        return module
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if cuda else None
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+    if parallel == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else None
+        kwargs = {"mp_policy": policy} if policy else {}
+        for layer in model.model.language_model.layers:
+            fully_shard(layer, **kwargs)
+        fully_shard(module, **kwargs)
+        return module
+    raise ValueError(f"parallel must be 'ddp', 'fsdp' or None, got {parallel!r}")
+
+
+def gradient_sync(wrapped: torch.nn.Module, parallel: str | None, sync: bool):
+    """A context for one micro-batch's forward + backward: without `sync`, gradients are not reduced."""
+    if parallel == "ddp" and not sync:
+        return wrapped.no_sync()
+    if parallel == "fsdp":
+        wrapped.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm (0: measure only); returns the norm before clipping (sharded or not)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def full_model_state(module: torch.nn.Module, parallel: str | None) -> dict | None:
+    """The wrapped model's full state dict (gathered on every process) under FSDP; None otherwise."""
+    if parallel != "fsdp":
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.removeprefix("model."): v for k, v in full.items()}
+
+
+def full_optimizer_state(module: torch.nn.Module, optimizer) -> dict:
+    """The optimizer state keyed by parameter names, whole (gathered under FSDP): one format for
+    every parallelism, so a run can resume under another one."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(module, optimizer, options=options)
+
+
+def load_optimizer_state(module: torch.nn.Module, optimizer, state: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
 class LossModule(torch.nn.Module):
     """Wraps the Janus model so that DDP's forward is the loss computation."""
 
@@ -71,25 +138,11 @@ class SFTStep:
         self.pad_id = tokenizer.pad_token_id
         self.image_processor = image_processor
         self.module = LossModule(model, image_processor, cfg.text_reduction)
-        self.wrapped = self.module
+        self.wrapped = wrap_parallel(self.module, model, parallel, device)
         cuda = device.type == "cuda"
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        if parallel == "ddp":
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [device.index] if cuda else None
-            self.wrapped = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
-        elif parallel == "fsdp":
-            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if cuda else None
-            kwargs = {"mp_policy": policy} if policy else {}
-            for layer in model.model.language_model.layers:
-                fully_shard(layer, **kwargs)
-            fully_shard(self.module, **kwargs)
-            self.autocast = contextlib.nullcontext()  # the policy casts parameters itself
-        elif parallel is not None:
-            raise ValueError(f"parallel must be 'ddp', 'fsdp' or None, got {parallel!r}")
+        # FSDP2's policy casts parameters itself; otherwise autocast does on GPU.
+        use_autocast = cuda and parallel != "fsdp"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else contextlib.nullcontext()
         self._context = contextlib.nullcontext()
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -103,10 +156,7 @@ class SFTStep:
         """
         built = [self.builder.from_record(sample, rng) for (_, sample), rng in zip(samples, rngs, strict=True)]
         batch = collate(built, self.pad_id, self.image_processor).to(self.device)
-        if self.parallel == "ddp" and not sync:
-            self._context = self.wrapped.no_sync()
-        elif self.parallel == "fsdp":
-            self.module.set_requires_gradient_sync(sync)
+        self._context = gradient_sync(self.wrapped, self.parallel, sync)
         self._context.__enter__()
         with self.autocast:
             losses = self.wrapped(batch)
@@ -120,28 +170,13 @@ class SFTStep:
             self._context = contextlib.nullcontext()
 
     def clip(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
-        """Clip the global gradient norm (0: measure only); returns the norm before clipping."""
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
-        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        return clip_gradients(params, max_norm)
 
     def full_model_state(self) -> dict | None:
-        """The model's full state dict (gathered on every process) under FSDP; None otherwise."""
-        if self.parallel != "fsdp":
-            return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k.removeprefix("model."): v for k, v in full.items()}
+        return full_model_state(self.module, self.parallel)
 
     def full_optimizer_state(self, optimizer) -> dict:
-        """The optimizer state keyed by parameter names, whole (gathered under FSDP): one format for
-        every parallelism, so a run can resume under another one."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_optimizer_state_dict(self.module, optimizer, options=options)
+        return full_optimizer_state(self.module, optimizer)
 
     def load_optimizer_state(self, optimizer, state: dict) -> None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(self.module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+        load_optimizer_state(self.module, optimizer, state)
