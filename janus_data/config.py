@@ -281,6 +281,10 @@ class RLConfig:
     """Weights the rollouts run on: 'auto' = a bf16 copy of the policy on CUDA (refreshed after each
     update; half the bytes per decode step of casting the fp32 master weights), the policy itself
     elsewhere."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: 'ddp' (a full policy and AdamW state per GPU) or 'fsdp' (FSDP2: the policy,
+    its gradients and optimizer state sharded; rollouts then run on a whole copy of the policy,
+    refreshed after each update; for 7B)."""
     judge_retries: int = 3
     """Tries per step for images the judge failed on (after the client's own retries); then the step fails."""
     seed: int = 0

@@ -76,7 +76,15 @@ from janus_train.sft import (
     set_trainable,
     truncate_metrics,
 )
-from janus_train.steps import touch_trainable_heads
+from janus_train.steps import (
+    clip_gradients,
+    full_model_state,
+    full_optimizer_state,
+    gradient_sync,
+    load_optimizer_state,
+    touch_trainable_heads,
+    wrap_parallel,
+)
 
 CKPT_DIR = CKPT_DIRS["rl"]
 SEGMENT_NAMES = ("image1", "judge", "final")
@@ -112,12 +120,20 @@ def _image_targets(model, samples, builder, n: int, image_processor) -> tuple[to
 
 
 def rollout_logprobs(
-    model, builder: SequenceBuilder, image_processor, ro: Rollouts, rows: list[int], cfg: RLConfig
+    model,
+    builder: SequenceBuilder,
+    image_processor,
+    ro: Rollouts,
+    rows: list[int],
+    cfg: RLConfig,
+    lockstep: bool = False,
 ) -> torch.Tensor:
     """The (R, T) grid of per-token log-probs of rollouts `rows` under `model`, T = N + J + N.
 
     Columns: image 1's N codes, the evaluation's J tokens (J = the longest among `rows`, padded
     with 0), image 2's N codes (0 on rows that said Yes). See `segments_for` for the masks.
+    `lockstep`: always run the image-2 forward, even without a No row (FSDP needs the same
+    forwards on every process).
     """
     device = next(model.parameters()).device
     n = ro.image1.shape[1]
@@ -150,20 +166,26 @@ def rollout_logprobs(
         start += k
     # image 2: Task-III sequences of the rows that said No, and their twins (the first turn padded)
     redo = [i for i, r in enumerate(rows) if not bool(ro.said_yes[r])]
-    if redo:
+    if redo or lockstep:
+        # Under FSDP every process must run the same forwards (each one gathers the shards): with
+        # no No row, row 0 stands in and its zero-weighted logits join the graph, changing nothing.
+        picks = redo or [0]
         samples = [
             builder.regen(
                 prompts[i],
                 tok1[i].cpu().numpy(),
                 closed(ro.judge_ids[rows[i]], builder.eos_id),
-                ro.image2[rows[i]].cpu().numpy(),
+                (ro.image2[rows[i]] if redo else tok1[i]).cpu().numpy(),
                 drop=d,
             )
             for d in (False, True)
-            for i in redo
+            for i in picks
         ]
         cond, uncond = _image_targets(model, samples, builder, n, image_processor)
-        grid[redo, n + width :] = image_logprobs(cond, uncond, ro.image2[[rows[i] for i in redo]].to(device), cfg)
+        if redo:
+            grid[redo, n + width :] = image_logprobs(cond, uncond, ro.image2[[rows[i] for i in redo]].to(device), cfg)
+        else:
+            grid = grid + 0.0 * (cond.sum() + uncond.sum())
     return grid
 
 
@@ -203,8 +225,8 @@ class GRPOLossModule(torch.nn.Module):
         self.image_processor = image_processor
         self.cfg = cfg
 
-    def forward(self, ro: Rollouts, rows, ref_logp, segments, advantages, counts, behaviour):
-        logp = rollout_logprobs(self.model, self.builder, self.image_processor, ro, rows, self.cfg)
+    def forward(self, ro: Rollouts, rows, ref_logp, segments, advantages, counts, behaviour, lockstep=False):
+        logp = rollout_logprobs(self.model, self.builder, self.image_processor, ro, rows, self.cfg, lockstep)
         old = logp.detach() if self.cfg.image_logp == "cfg_divided" else behaviour
         weights = {"image1": self.cfg.weight_image1, "judge": self.cfg.weight_judge, "final": self.cfg.weight_final}
         loss, stats = grpo_loss(
@@ -233,32 +255,37 @@ class GRPOStep:
         dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "float32": None}.get(
             cfg.rollout_dtype, torch.bfloat16
         )
-        # The actor draws the rollouts: the policy itself, or a low-precision copy of it that
-        # `sync_actor` refreshes in place after every update (in place keeps captured graphs valid).
+        self.parallel = cfg.parallel if dist.active else None
+        # The actor draws the rollouts: the policy itself, or a copy of it (low precision, or whole
+        # when FSDP shards the policy) that `sync_actor` refreshes in place after every update (in
+        # place keeps the fast loop's captured graphs valid).
         self.actor = policy
-        if dtype is not None and dtype != next(policy.parameters()).dtype:
-            self.actor = copy.deepcopy(policy).to(dtype).eval().requires_grad_(False)
+        if self.parallel == "fsdp" or (dtype is not None and dtype != next(policy.parameters()).dtype):
+            self.actor = copy.deepcopy(policy).to(dtype or torch.float32).eval().requires_grad_(False)
         self.engine = RolloutEngine(self.actor, builder, image_processor, params)
         self.module = GRPOLossModule(policy, builder, image_processor, cfg)
-        self.wrapped = self.module
-        if dist.active:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.wrapped = DistributedDataParallel(self.module, device_ids=ids, find_unused_parameters=True)
+        self.wrapped = wrap_parallel(self.module, policy, self.parallel, self.device)
 
     def autocast(self):
-        if self.device.type == "cuda":
+        """bf16 autocast on GPU, except under FSDP2, whose policy casts the parameters itself."""
+        if self.device.type == "cuda" and self.parallel != "fsdp":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     @torch.no_grad()
     def sync_actor(self) -> None:
-        """Copy the policy's weights into the rollout copy (no-op when the policy draws itself)."""
+        """Copy the policy's weights into the rollout copy (no-op when the policy draws itself).
+
+        Under FSDP every process gathers each sharded parameter (a collective: all call it).
+        """
         if self.actor is self.policy:
             return
         for mine, theirs in zip(self.actor.parameters(), self.policy.parameters(), strict=True):
-            mine.copy_(theirs)  # buffers (rotary tables, VQ) never train
+            mine.copy_(theirs.full_tensor() if hasattr(theirs, "full_tensor") else theirs)  # buffers never train
+
+    def full_policy_state(self) -> dict:
+        """The policy's whole state dict on every process (gathered under FSDP), e.g. for a reference refresh."""
+        return full_model_state(self.module, self.parallel) or self.policy.state_dict()
 
     def rollout(self, texts: list[str], seeds: list[int]) -> Rollouts:
         self.policy.eval()
@@ -296,11 +323,10 @@ class GRPOStep:
             adv = {s: a[chunk].to(self.device) for s, a in advantages.items()}
             with torch.no_grad(), self.autocast():
                 ref_logp = rollout_logprobs(self.reference, self.builder, self.image_processor, ro, chunk, cfg)
-            last = k == len(chunks) - 1
-            context = self.wrapped.no_sync() if dist.active and not last else contextlib.nullcontext()
-            with context:
+            with gradient_sync(self.wrapped, self.parallel, sync=k == len(chunks) - 1):
                 with self.autocast():
-                    loss, stats = self.wrapped(ro, chunk, ref_logp, segs, adv, global_counts, behaviour)
+                    lockstep = self.parallel == "fsdp"
+                    loss, stats = self.wrapped(ro, chunk, ref_logp, segs, adv, global_counts, behaviour, lockstep)
                 (loss * dist.world_size).backward()
             union = float(torch.stack(list(segs.values())).any(0).sum())
             terms = float(sum(m.sum() for m in segs.values()))
@@ -470,7 +496,7 @@ def run_rl(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(rcfg, ref_state))
     step = 0
     if ckpt is not None:
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        load_optimizer_state(stepper.module, optimizer, trainer_state["optimizer"])
         scheduler.load_state_dict(trainer_state["scheduler"])
         set_rng_state(trainer_state["rng"])
         step = info["step"]
@@ -498,7 +524,7 @@ def run_rl(
             advantages = {k: group_advantages(v, g) for k, v in rewards.items()}
             optimizer.zero_grad(set_to_none=True)
             sums = stepper.backward(ro, advantages)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, rcfg.grad_clip if rcfg.grad_clip > 0 else float("inf"))
+            grad_norm = clip_gradients(params, rcfg.grad_clip)
             metrics = _step_metrics(rewards, s1, s2, ro, sums, dist)
             if not (math.isfinite(metrics["loss"]) and torch.isfinite(grad_norm)):
                 raise _nan_error(step + 1, ckpt_root)
@@ -508,7 +534,7 @@ def run_rl(
             step += 1
             t3 = time.perf_counter()
             if ref_state.observe(metrics["reward"], rcfg, step):
-                reference.load_state_dict(policy.state_dict())
+                reference.load_state_dict(stepper.full_policy_state())
                 ref_state.refreshed(step, rcfg)
                 for group, lr in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
                     group["lr"] = lr * rcfg.refresh_lr_factor
@@ -532,8 +558,10 @@ def run_rl(
             if dist.rank == 0 and (step % rcfg.log_every == 0 or step == target):
                 _log(ckpt_root / METRICS, step, metrics)
             if step % rcfg.save_every == 0 or step == target:
+                # Collective under FSDP (every process gathers), then process 0 writes.
+                weights = full_model_state(stepper.module, stepper.parallel)
                 trainer = {
-                    "optimizer": optimizer.state_dict(),
+                    "optimizer": full_optimizer_state(stepper.module, optimizer),
                     "scheduler": scheduler.state_dict(),
                     "rng": rng_state(),
                     "reference": reference.state_dict() if ref_state.refreshes else None,
@@ -549,7 +577,7 @@ def run_rl(
                 }
                 if dist.rank == 0:
                     result.checkpoint = save_checkpoint(
-                        ckpt_root, step, policy, init_path, trainer, meta, rcfg.keep_last
+                        ckpt_root, step, policy, init_path, trainer, meta, rcfg.keep_last, state_dict=weights
                     ).path
                 if dist.active:
                     torch.distributed.barrier()

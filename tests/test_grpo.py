@@ -316,9 +316,11 @@ def test_learning_rate_schedules():
     assert linear(5) == 0.5
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(run, tiny_janus, tmp_path):
-    """torchrun DDP (gloo, CPU): each process rolls out its own prompts and judges them; the
-    gradient is the global batch's, so 2 x 1 prompt per step trains what 1 x 2 prompts does."""
+@pytest.mark.parametrize("parallel, port", [("ddp", 29521), ("fsdp", 29523)])
+def test_two_processes_equal_one_with_the_same_global_batch(run, tiny_janus, tmp_path, parallel, port):
+    """torchrun (gloo, CPU): each process rolls out its own prompts and judges them; the gradient
+    is the global batch's, so 2 x 1 prompt per step trains what 1 x 2 prompts does. Under FSDP2
+    the policy is sharded and the rollouts run on a whole copy refreshed after each update."""
     import os
     import subprocess
     import sys
@@ -328,11 +330,12 @@ def test_two_processes_equal_one_with_the_same_global_batch(run, tiny_janus, tmp
     overrides = tmp_path / "ddp.yaml"
     overrides.write_text(
         "preset: tiny\n"
-        f"rl: {{model: {tiny_janus}, max_steps: 2, prompts_per_step: 1, group_size: 4, micro_batch: 3, save_every: 1}}\n"
+        f"rl: {{model: {tiny_janus}, max_steps: 2, prompts_per_step: 1, group_size: 4, micro_batch: 3, save_every: 1,"
+        f" parallel: {parallel}}}\n"
     )
     repo = Path(__file__).parents[1]
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29521",
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
         str(repo / "cli.py"), "train", "rl", "--run-dir", str(run), "--config", str(overrides), "--no-progress",
     ]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -344,6 +347,9 @@ def test_two_processes_equal_one_with_the_same_global_batch(run, tiny_janus, tmp
     for x, y in zip(metrics(run), metrics(single), strict=True):
         for key in ("reward/r1", "reward/r2", "reward/r3", "loss", "kl", "regen_rate"):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+    # A checkpoint is whole whatever the parallelism: one process resumes the two-process run.
+    resumed = run_rl(run, cfg(max_steps=3, prompts_per_step=2), resume=True, progress=False)
+    assert (resumed.start_step, resumed.end_step) == (2, 3)
 
 
 def test_a_bf16_rollout_copy_follows_the_policy(run, tiny_janus):
