@@ -52,7 +52,6 @@ from janus_train.checkpoint import (
     latest_checkpoint,
     load_trainer_state,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from janus_train.grpo_math import (
@@ -73,6 +72,7 @@ from janus_train.sft import (
     TrainError,
     TrainResult,
     init_distributed,
+    save_on_rank0,
     set_trainable,
     truncate_metrics,
 )
@@ -575,12 +575,8 @@ def run_rl(
                     "scorer": scorer.name,
                     "config": to_dict(rcfg),
                 }
-                if dist.rank == 0:
-                    result.checkpoint = save_checkpoint(
-                        ckpt_root, step, policy, init_path, trainer, meta, rcfg.keep_last, state_dict=weights
-                    ).path
-                if dist.active:
-                    torch.distributed.barrier()
+                saved = save_on_rank0(dist, ckpt_root, step, policy, init_path, trainer, meta, rcfg.keep_last, weights)
+                result.checkpoint = saved or result.checkpoint
     result.end_step = step
     result.seconds = time.perf_counter() - start_time
     return result

@@ -254,17 +254,25 @@ def run_sft(
                     "losses": losses,
                     "config": to_dict(scfg),
                 }
-                if dist.rank == 0:
-                    result.checkpoint = save_checkpoint(
-                        ckpt_root, step, model, base_path, trainer, meta, scfg.keep_last, state_dict=weights
-                    ).path
-                if dist.active:
-                    torch.distributed.barrier()
+                saved = save_on_rank0(dist, ckpt_root, step, model, base_path, trainer, meta, scfg.keep_last, weights)
+                result.checkpoint = saved or result.checkpoint
     if board is not None:
         board.close()
     result.end_step = step
     result.seconds = time.perf_counter() - start_time
     return result
+
+
+def save_on_rank0(
+    dist: Distributed, root: Path, step: int, model, base_path, trainer: dict, meta: dict, keep_last: int, weights
+) -> Path | None:
+    """Process 0 writes the checkpoint (the others wait for it); its path on process 0, else None."""
+    path = None
+    if dist.rank == 0:
+        path = save_checkpoint(root, step, model, base_path, trainer, meta, keep_last, state_dict=weights).path
+    if dist.active:
+        torch.distributed.barrier()
+    return path
 
 
 def _nan_error(step: int, ckpt_root: Path) -> TrainError:
