@@ -55,6 +55,8 @@ from janus_train.checkpoint import (
     set_rng_state,
 )
 from janus_train.grpo_math import (
+    SEGMENTS,
+    SegmentWeights,
     consistency_reward,
     final_reward,
     group_advantages,
@@ -69,9 +71,9 @@ from janus_train.sft import CKPT_DIR as SFT_CKPT_DIR
 from janus_train.sft import (
     METRICS,
     Distributed,
-    TrainError,
     TrainResult,
     init_distributed,
+    nan_error,
     save_on_rank0,
     set_trainable,
     truncate_metrics,
@@ -87,7 +89,6 @@ from janus_train.steps import (
 )
 
 CKPT_DIR = CKPT_DIRS["rl"]
-SEGMENT_NAMES = ("image1", "judge", "final")
 
 
 # -- per-token log-probs of rollouts ---------------------------------------------------------------
@@ -228,7 +229,7 @@ class GRPOLossModule(torch.nn.Module):
     def forward(self, ro: Rollouts, rows, ref_logp, segments, advantages, counts, behaviour, lockstep=False):
         logp = rollout_logprobs(self.model, self.builder, self.image_processor, ro, rows, self.cfg, lockstep)
         old = logp.detach() if self.cfg.image_logp == "cfg_divided" else behaviour
-        weights = {"image1": self.cfg.weight_image1, "judge": self.cfg.weight_judge, "final": self.cfg.weight_final}
+        weights = SegmentWeights(self.cfg.weight_image1, self.cfg.weight_judge, self.cfg.weight_final)
         loss, stats = grpo_loss(
             logp, old, ref_logp, segments, advantages, weights, self.cfg.beta, self.cfg.clip_eps, token_counts=counts
         )
@@ -314,10 +315,10 @@ class GRPOStep:
         rows = list(range(len(ro)))
         chunks = [rows[i : i + cfg.micro_batch] for i in range(0, len(rows), cfg.micro_batch)]
         masks = [segments_for(ro, c, self.device) for c in chunks]
-        counts = torch.tensor([[float(m[s].sum()) for s in SEGMENT_NAMES] for m, _ in masks]).sum(0)
+        counts = torch.tensor([[float(m[s].sum()) for s in SEGMENTS] for m, _ in masks]).sum(0)
         if dist.active:
             torch.distributed.all_reduce(counts)
-        global_counts = dict(zip(SEGMENT_NAMES, counts.tolist(), strict=True))
+        global_counts = dict(zip(SEGMENTS, counts.tolist(), strict=True))
         sums = {"loss": 0.0, "kl": 0.0, "kl_n": 0.0, "clip": 0.0, "clip_n": 0.0}
         for k, (chunk, (segs, behaviour)) in enumerate(zip(chunks, masks, strict=True)):
             adv = {s: a[chunk].to(self.device) for s, a in advantages.items()}
@@ -527,7 +528,7 @@ def run_rl(
             grad_norm = clip_gradients(params, rcfg.grad_clip)
             metrics = _step_metrics(rewards, s1, s2, ro, sums, dist)
             if not (math.isfinite(metrics["loss"]) and torch.isfinite(grad_norm)):
-                raise _nan_error(step + 1, ckpt_root)
+                raise nan_error(step + 1, ckpt_root, "GRPO loss", "lower rl.lr or rl.beta")
             optimizer.step()
             stepper.sync_actor()
             scheduler.step()
@@ -619,15 +620,6 @@ def _step_metrics(rewards, s1, s2, ro: Rollouts, sums: dict, dist: Distributed) 
         "kl": kl / kl_n if kl_n else 0.0,
         "clip_frac": clip / clip_n if clip_n else 0.0,
     }
-
-
-def _nan_error(step: int, ckpt_root: Path) -> TrainError:
-    last = latest_checkpoint(ckpt_root)
-    kept = f"the last good checkpoint {last.path} is intact" if last else "no checkpoint was written yet"
-    return TrainError(
-        f"non-finite GRPO loss or gradient at step {step}: training stopped; {kept}",
-        hint="lower rl.lr or rl.beta; `janus train rl --resume` continues from the last checkpoint",
-    )
 
 
 def _describe(m: dict[str, float]) -> str:

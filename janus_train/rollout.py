@@ -72,9 +72,6 @@ class Rollouts:
     def regenerated(self) -> list[int]:
         return [i for i, yes in enumerate(self.said_yes.tolist()) if not yes]
 
-    def final_pixels(self, i: int) -> np.ndarray:
-        return self.pixels1[i] if self.said_yes[i] else self.pixels2[i]
-
 
 def answer_words(builder: SequenceBuilder) -> tuple[list[int], list[int]]:
     """Token ids of "Yes" and "No" as the evaluation starts them; their first tokens must differ."""

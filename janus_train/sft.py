@@ -228,7 +228,7 @@ def run_sft(
             grad_norm = stepper.clip(params, scfg.grad_clip)
             losses = _global_task_means(step_losses, dist)  # the same on every process
             if not (math.isfinite(losses["total"]) and torch.isfinite(grad_norm)):
-                raise _nan_error(step + 1, ckpt_root)  # before the update: the weights stay good
+                raise nan_error(step + 1, ckpt_root)  # before the update: the weights stay good
             optimizer.step()
             scheduler.step()
             step += 1
@@ -275,12 +275,16 @@ def save_on_rank0(
     return path
 
 
-def _nan_error(step: int, ckpt_root: Path) -> TrainError:
+def nan_error(
+    step: int, ckpt_root: Path, what: str = "loss", hint: str = "lower sft.lr or check the data"
+) -> TrainError:
+    """A non-finite step: training stops before the update, and says which checkpoint is intact."""
     last = latest_checkpoint(ckpt_root)
     kept = f"the last good checkpoint {last.path} is intact" if last else "no checkpoint was written yet"
+    stage = ckpt_root.name  # checkpoints/sft or checkpoints/rl
     return TrainError(
-        f"non-finite loss or gradient at step {step}: training stopped; {kept}",
-        hint="lower sft.lr or check the data; `janus train sft --resume` continues from the last checkpoint",
+        f"non-finite {what} or gradient at step {step}: training stopped; {kept}",
+        hint=f"{hint}; `janus train {stage} --resume` continues from the last checkpoint",
     )
 
 
