@@ -168,6 +168,12 @@ def score(
     batch_size: Annotated[int | None, typer.Option(help="Images per batch and manifest part.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="lmdeploy: requests in flight per endpoint.")] = None,
     reason_tokens: Annotated[int | None, typer.Option(help="Most tokens of each reason (0: S only).")] = None,
+    retry_errors: Annotated[
+        bool | None,
+        typer.Option(
+            "--retry-errors/--keep-errors", help="Judge again the images an earlier run left with an error row."
+        ),
+    ] = None,
     rank: RankOpt = None,
     world_size: WorldOpt = None,
     progress: ProgressOpt = True,
@@ -182,7 +188,7 @@ def score(
     from janus_data.score import run_score
 
     flags = {"backend": backend, "model": model, "batch_size": batch_size}
-    flags |= {"concurrency": concurrency, "reason_tokens": reason_tokens}
+    flags |= {"concurrency": concurrency, "reason_tokens": reason_tokens, "retry_errors": retry_errors}
     if endpoint:
         flags["endpoints"] = list(endpoint)
         flags["backend"] = backend or "lmdeploy"
@@ -306,6 +312,27 @@ def serve_judge(
     model: Annotated[str, typer.Option(help="InternVL checkpoint (transformers format) or tiny:internvl.")],
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port (LMDeploy's default is 23333).")] = 23333,
+    model_name: Annotated[
+        str | None, typer.Option(help="Name clients use in 'model' [default: --model], as LMDeploy's --model-name.")
+    ] = None,
+    engine: Annotated[
+        str, typer.Option(help="Which LMDeploy engine to behave as: turbomind (its default) or pytorch.")
+    ] = "turbomind",
+    logprobs_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="pytorch engine: raw_logprobs or raw_logits; unset, logprobs requests get a 400 as in LMDeploy."
+        ),
+    ] = None,
+    generation_config: Annotated[
+        str,
+        typer.Option(
+            help="Server sampling defaults: auto (the model's generation_config), lmdeploy (none), or a path."
+        ),
+    ] = "auto",
+    session_len: Annotated[
+        int | None, typer.Option(help="Longest prompt plus answer in tokens; longer prompts get LMDeploy's 400.")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     max_batch: Annotated[int, typer.Option(help="Most requests answered in one forward batch.")] = 16,
     max_tiles: Annotated[int, typer.Option(help="448 px tiles per image (plus a thumbnail).")] = 12,
@@ -314,22 +341,46 @@ def serve_judge(
     ] = "JANUS_JUDGE_API_KEY",
     trust_remote_code: Annotated[bool, typer.Option(help="Allow checkpoint code. Off unless you trust it.")] = False,
 ) -> None:
-    """Serve an InternVL judge over the OpenAI chat API subset LMDeploy speaks (for CPUs, tests, -hf checkpoints).
+    """Serve an InternVL judge as LMDeploy 0.18's api_server does (a stand-in for CPUs, tests, -hf checkpoints).
 
-    Example: janus serve judge --model tiny:internvl --port 23333
+    Example: janus serve judge --model tiny:internvl --engine pytorch --logprobs-mode raw_logprobs
     """
+    from janus_data.errors import ConfigError
+    from janus_data.judge.engines import ENGINES, LOGPROBS_MODES
+
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not '{engine}'", hint="pick one")
+    if logprobs_mode is not None and (engine != "pytorch" or logprobs_mode not in LOGPROBS_MODES):
+        raise ConfigError(
+            f"--logprobs-mode {logprobs_mode} is not valid here",
+            hint=f"it takes {' or '.join(LOGPROBS_MODES)}, with --engine pytorch (TurboMind always returns logprobs)",
+        )
     quiet_libraries()
     from janus_data.config import RuntimeConfig
     from janus_data.judge.hf import HFJudge
-    from janus_data.judge.server import JudgeServer
+    from janus_data.judge.server import JudgeServer, generation_defaults
     from janus_data.models import resolve_device, resolve_dtype
 
     runtime = RuntimeConfig(device=device)
     dev = resolve_device(runtime)
     judge = HFJudge(model, dev, resolve_dtype(runtime, dev), max_tiles=max_tiles, trust_remote_code=trust_remote_code)
-    server = JudgeServer(judge, host, port, api_key=os.environ.get(api_key_env) or None, max_batch=max_batch)
+    server = JudgeServer(
+        judge,
+        host,
+        port,
+        model_name=model_name,
+        api_key=os.environ.get(api_key_env) or None,
+        max_batch=max_batch,
+        engine=engine,
+        logprobs_mode=logprobs_mode,
+        generation_config=generation_defaults(judge, generation_config),
+        session_len=session_len,
+    )
     key = f"clients must send the key in ${api_key_env}" if server.api_key else "no API key"
-    console.print(f"serving judge '{server.model_name}' at {server.url}/v1 ({key}); Ctrl-C stops", highlight=False)
+    mode = f"{engine} engine" + (f", --logprobs-mode {logprobs_mode}" if logprobs_mode else "")
+    console.print(
+        f"serving judge '{server.model_name}' at {server.url}/v1 ({mode}; {key}); Ctrl-C stops", highlight=False
+    )
     server.serve_forever()
 
 

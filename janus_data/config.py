@@ -131,6 +131,9 @@ class ScoreConfig:
     """lmdeploy: first retry delay; it doubles per try (with jitter) up to 30 s."""
     api_key_env: str = "JANUS_JUDGE_API_KEY"
     """lmdeploy: environment variable holding the servers' API key (never written anywhere)."""
+    retry_errors: bool = True
+    """A rerun judges again the images this rank left with an error row (a refused request, an
+    unreadable image); false keeps error rows as final."""
 
 
 @dataclass(frozen=True)

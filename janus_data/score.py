@@ -6,9 +6,11 @@ against their sha256, then decoded) in a background thread while the judge score
 previous batch; each scored batch appears as one manifest part, atomically. A killed run
 leaves whole parts, and a rerun scores only what has no row yet.
 
-An image that cannot be read, fails its checksum or does not decode gets a row with
-status 'error' and no S: it is counted, never fatal. A judge that cannot be reached
-(after the client's retries) fails the current batch with one line; finished parts stay.
+An image that cannot be read, fails its checksum or does not decode, or that the judge
+server refuses, gets a row with status 'error' and no S: it is counted, never fatal, and
+the next run judges it again (`score.retry_errors`). A judge that cannot be reached (after
+the client's retries), or that refuses every request of a batch, fails the stage with one
+line; finished parts stay.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class ScoreResult:
     existing: int = 0
     written: int = 0
     judged: int = 0
+    retried: int = 0
+    retry_errors: bool = True
     errors: int = 0
     flagged: int = 0
     seconds: float = 0.0
@@ -101,9 +105,36 @@ def plan_scores(run_dir: Path, shard: Shard) -> pl.DataFrame:
     )
 
 
-def scored_image_ids(run_dir: Path) -> pl.DataFrame:
-    """image_id of every image that already has a score row (any rank, any status)."""
-    return scan_manifest(run_dir, "scores", SCORE_SCHEMA).select("image_id").unique().collect()
+def scored_image_ids(run_dir: Path, retry: set[str] = frozenset()) -> pl.DataFrame:
+    """image_id of every image that already has a score row (any rank, any status), but those in `retry`."""
+    ids = scan_manifest(run_dir, "scores", SCORE_SCHEMA).select("image_id").unique().collect()
+    return ids.filter(~pl.col("image_id").is_in(list(retry))) if retry else ids
+
+
+def error_rows(run_dir: Path, rank: int, mine: set[str]) -> dict[Path, set[str]]:
+    """The error rows of `mine` in this rank's parts: {part: image_ids}."""
+    found: dict[Path, set[str]] = {}
+    root = manifest_dir(run_dir, "scores") / rank_dir(rank)
+    for part in sorted(root.glob("*.parquet")) if root.exists() else []:
+        ids = pl.read_parquet(part, columns=["image_id", "status"]).filter(pl.col("status") == "error")["image_id"]
+        stale = set(ids) & mine
+        if stale:
+            found[part] = stale
+    return found
+
+
+def drop_rows(parts: dict[Path, set[str]]) -> None:
+    """Rewrite each part without the given image ids (atomically); a part left empty is removed.
+
+    Dropped before the images are judged again: a kill in between leaves them without a row,
+    which the next run's anti-join picks up, never with two rows.
+    """
+    for part, ids in parts.items():
+        kept = pl.read_parquet(part).filter(~pl.col("image_id").is_in(list(ids)))
+        if kept.height:
+            write_parquet_atomic(kept, part)
+        else:
+            part.unlink()
 
 
 def load_image(run_dir: Path, row: dict) -> LoadedImage:
@@ -209,13 +240,16 @@ def run_score(
         raise RunDirError(f"run {run_dir} has no image manifest", hint="run `janus data synth` on it first")
     ensure_writable(run_dir)
     clean_temp_files(manifest_dir(run_dir, "scores"))
-    result = ScoreResult(run_dir, shard)
+    result = ScoreResult(run_dir, shard, retry_errors=cfg.score.retry_errors)
     plan = plan_scores(run_dir, shard)
-    todo = plan.join(scored_image_ids(run_dir), on="image_id", how="anti")
-    result.planned, result.existing = plan.height, plan.height - todo.height
+    stale = error_rows(run_dir, shard.rank, set(plan["image_id"])) if cfg.score.retry_errors else {}
+    retry = set().union(*stale.values()) if stale else set()
+    todo = plan.join(scored_image_ids(run_dir, retry), on="image_id", how="anti")
+    result.planned, result.existing, result.retried = plan.height, plan.height - todo.height, len(retry)
     if todo.height:
         if judge is None:
-            check_judge(cfg)  # a missing checkpoint or a dead server fails here, in seconds
+            check_judge(cfg)  # a missing checkpoint, a dead or misconfigured server fails here, in seconds
+        drop_rows(stale)
         save_run_config(run_dir, cfg)
         judge = judge or make_judge(cfg)
         result.judge = judge.model_id

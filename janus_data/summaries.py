@@ -76,9 +76,10 @@ def score_table(result: ScoreResult) -> Table:
             *["-" if row[f"pass_{t}"] is None else f"{row[f'pass_{t}']:.1%}" for t in THRESHOLDS],
         )
     rate = f"{result.images_per_s:.2f} img/s" if result.judged else "-"
+    retried = f", {result.retried:,} error rows of earlier runs judged again" if result.retried else ""
     table.caption = (
         f"this call: {result.written:,} rows written ({result.judged:,} judged at {rate}, "
-        f"{result.errors:,} errors, {result.flagged:,} flagged), {result.existing:,}/{result.planned:,} "
+        f"{result.errors:,} errors, {result.flagged:,} flagged{retried}), {result.existing:,}/{result.planned:,} "
         f"already scored · wall {result.seconds:.1f} s\n"
         f"manifest: {manifest_dir(result.run_dir, 'scores')}"
     )
@@ -109,6 +110,11 @@ def score_headline(result: ScoreResult) -> str:
     """One line: what happened."""
     if result.written == 0:
         return f"nothing to do: all {result.planned:,} images of this rank already have a score"
+    if result.errors and result.retry_errors:
+        return (
+            f"{result.errors:,} images got an error row (see the error column); "
+            "rerun the same command to judge them again"
+        )
     return ""
 
 

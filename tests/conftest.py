@@ -56,3 +56,13 @@ def tiny_internvl(janus_cache: Path) -> Path:
     from janus_data.models import tiny_model_path
 
     return tiny_model_path("internvl")
+
+
+@pytest.fixture(scope="session")
+def judge(tiny_internvl: Path):
+    """The tiny InternVL judge in process (2 tiles, 8-token reasons), shared by the judge tests."""
+    import torch
+
+    from janus_data.judge.hf import HFJudge
+
+    return HFJudge(str(tiny_internvl), torch.device("cpu"), torch.float32, max_tiles=2, reason_tokens=8)

@@ -72,8 +72,8 @@ def test_question_ids_match_plain_tokenization(judge):
     question = consistency_question("a red cube")
     text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
     expanded = text.replace("<image>", "<img>" + "<IMG_CONTEXT>" * (2 * n) + "</img>", 1)
-    assert judge._ids(question, 2) == tok(expanded).input_ids
-    tricky = judge._ids(consistency_question(PROMPTS[-1]), 1)
+    assert judge.question_ids(question, 2) == tok(expanded).input_ids
+    tricky = judge.question_ids(consistency_question(PROMPTS[-1]), 1)
     assert tricky.count(judge.context_id) == n
 
 
@@ -97,16 +97,56 @@ def test_batched_equals_one_at_a_time(judge, images):
         assert b.reason == s.reason
 
 
-def test_score_matches_plain_forward(judge, images):
-    """S equals the yes/no share of the full softmax of one unpadded forward pass."""
+@pytest.fixture(scope="module")
+def judge64(tiny_internvl):
+    """The tiny judge in float64: paths that must agree do so to rounding, far below any tolerance."""
+    fp32 = HFJudge(str(tiny_internvl), torch.device("cpu"), torch.float32, max_tiles=4, reason_tokens=12)
+    loaded = (fp32.model.to(torch.float64), fp32.tokenizer, fp32.image_processor)
+    return HFJudge("tiny:internvl", torch.device("cpu"), torch.float64, max_tiles=4, reason_tokens=12, loaded=loaded)
+
+
+def plain_s(judge, prompt: str, image) -> float:
+    """The yes share of the full first-token softmax of one unpadded forward pass, no janus code in the way."""
     model, tok = judge.model, judge.tokenizer
-    pixels = judge.image_processor(images=images[1:2], crop_to_patches=True, max_patches=4, return_tensors="pt")
-    ids = torch.tensor([judge._ids(consistency_question(PROMPTS[1]), int(pixels["num_patches"][0]))])
+    pixels = judge.image_processor(images=[image], crop_to_patches=True, max_patches=4, return_tensors="pt")
+    ids = torch.tensor([judge.question_ids(consistency_question(prompt), int(pixels["num_patches"][0]))])
     with torch.inference_mode():
-        probs = model(input_ids=ids, pixel_values=pixels["pixel_values"]).logits[0, -1].softmax(-1)
+        logits = model(input_ids=ids, pixel_values=pixels["pixel_values"].to(judge.dtype)).logits[0, -1]
+    probs = logits.double().softmax(-1)
     yes = sum(float(probs[tok.convert_tokens_to_ids(t)]) for w in scoring.YES_WORDS for t in (w, "Ġ" + w))
     no = sum(float(probs[tok.convert_tokens_to_ids(t)]) for w in scoring.NO_WORDS for t in (w, "Ġ" + w))
-    assert judge.score(PROMPTS[1:2], images[1:2])[0].score == pytest.approx(yes / (yes + no), abs=1e-5)
+    return yes / (yes + no)
+
+
+def test_score_matches_plain_forward(judge, judge64, images):
+    """S (one shared prefill, ragged batch) equals the full softmax of one unpadded forward pass."""
+    exact = judge64.score(PROMPTS, images)
+    for prompt, image, got in zip(PROMPTS, images, exact, strict=True):
+        assert got.score == pytest.approx(plain_s(judge64, prompt, image), abs=1e-9, rel=0)
+    fp32 = judge.score(PROMPTS[1:2], images[1:2])[0].score
+    assert fp32 == pytest.approx(plain_s(judge, PROMPTS[1], images[1]), abs=1e-5, rel=0)
+
+
+def test_shared_prefill_equals_two_passes(judge, judge64, images):
+    """Done when: the one-prefill S is unchanged within 1e-6 and the reasons are the same."""
+    for j, tol in ((judge64, 1e-9), (judge, 1e-5)):
+        shared, separate = j.score(PROMPTS, images), j.score(PROMPTS, images, shared_prefill=False)
+        for a, b in zip(shared, separate, strict=True):
+            assert a.score == pytest.approx(b.score, abs=tol, rel=0)
+            assert a.reason == b.reason
+
+
+def test_reason_equals_transformers_generate(judge, images):
+    """The greedy reason of the decode loop is what transformers' own generate() writes."""
+    for prompt, image in zip(PROMPTS[:2], images[:2], strict=True):
+        pixels, tiles = judge.preprocess([image])
+        ids = torch.tensor([judge.question_ids(reason_question(prompt), tiles[0])])
+        with torch.inference_mode():
+            out = judge.model.generate(
+                input_ids=ids, pixel_values=pixels, max_new_tokens=12, do_sample=False, pad_token_id=judge.pad_id
+            )
+        want = judge.text_of(out[0, ids.shape[1] :].tolist())[0]
+        assert judge.score([prompt], [image])[0].reason == want
 
 
 def test_missing_or_broken_checkpoint_is_model_error(tmp_path, tiny_internvl):

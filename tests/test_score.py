@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pandas as pd
 import polars as pl
 import pytest
 import torch
+from judge_fakes import Proxy
 
 from janus_data.config import load_config, with_overrides
 from janus_data.dist import Shard
@@ -198,6 +200,79 @@ def test_dead_server_fails_the_batch_and_keeps_finished_rows(run, server):
     assert df.height == 12 and df["image_id"].n_unique() == 12
 
 
+def lmdeploy_cfg(url: str, **score):
+    return tiny_cfg(backend="lmdeploy", endpoints=[url], model=None, retries=2, backoff_s=0.01, **score)
+
+
+def no_scores(run: Path) -> bool:
+    return not list((run / "manifests" / "scores").rglob("*.parquet"))
+
+
+def test_pytorch_engine_without_logprobs_mode_fails_in_preflight(run, tiny_internvl):
+    judge = HFJudge(str(tiny_internvl), torch.device("cpu"), torch.float32, max_tiles=2, reason_tokens=4)
+    with JudgeServer(judge, model_name="tiny-judge", engine="pytorch") as srv, pytest.raises(JudgeServerError) as err:
+        run_score(run, lmdeploy_cfg(srv.url), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "refuses logprobs" in message and "--logprobs-mode raw_logprobs" in message
+    assert no_scores(run)
+
+
+@pytest.mark.parametrize("batch_size", [6, 1])
+def test_identical_refusal_of_every_image_stops_the_stage(run, server, batch_size):
+    refused = (400, {"object": "error", "message": "image too large", "type": "invalid_request_error", "code": 400})
+    # Request 0 is the pre-flight's probe, which passes; every image after it is refused.
+    every_image = Proxy(server.url, faults=lambda i, body: refused if i > 0 else None)
+    with every_image as proxy, pytest.raises(JudgeServerError) as err:
+        run_score(run, lmdeploy_cfg(proxy.url, batch_size=batch_size), progress=False)
+    message = str(err.value)
+    assert "\n" not in message and f"refused all {batch_size} requests" in message and "image too large" in message
+    # Batches of one: the first refusal is that image's error row (the next run judges it again).
+    assert no_scores(run) if batch_size > 1 else scores(run)["status"].to_list() == ["error"]
+
+
+def test_context_length_on_every_image_stops_the_stage(run, server):
+    """Each image refused with its own message (LMDeploy's context-length 400): still the server's fault."""
+
+    def too_long(i: int, body: dict):
+        message = f"Input length ({1000 + i}) must be smaller than the model context length (800)."
+        return (
+            (400, {"object": "error", "message": message, "type": "invalid_request_error", "code": 400}) if i else None
+        )
+
+    with Proxy(server.url, faults=too_long) as proxy, pytest.raises(JudgeServerError) as err:
+        run_score(run, lmdeploy_cfg(proxy.url, batch_size=4), progress=False)
+    assert "refused all 4 requests" in str(err.value) and "context length" in str(err.value)
+    assert no_scores(run)
+
+
+def test_transient_per_image_errors_are_judged_again(run, server, hf_scores):
+    refused = (400, {"object": "error", "message": "transient", "type": "invalid_request_error", "code": 400})
+    unlucky: list[str] = []  # the first two images whose S request arrives after the probe's
+    lock = threading.Lock()
+
+    def refuse_two(i: int, body: dict):
+        url = body["messages"][0]["content"][0]["image_url"]["url"]
+        with lock:
+            if i > 0 and body.get("logprobs") and len(unlucky) < 2 and url not in unlucky:
+                unlucky.append(url)
+            return refused if url in unlucky else None
+
+    with Proxy(server.url, faults=refuse_two) as proxy:
+        first = run_score(run, lmdeploy_cfg(proxy.url, batch_size=12), progress=False)
+    assert first.errors == 2 and scores(run).filter(pl.col("status") == "error").height == 2
+    from janus_data.summaries import score_headline
+
+    assert "rerun the same command" in score_headline(first)
+    kept = run_score(run, lmdeploy_cfg(server.url, retry_errors=False), progress=False)
+    assert kept.written == 0 and scores(run).filter(pl.col("status") == "error").height == 2
+    again = run_score(run, lmdeploy_cfg(server.url), progress=False)
+    assert (again.retried, again.written, again.errors) == (2, 2, 0)
+    df = scores(run).sort("image_id")
+    assert df.height == 12 and df["image_id"].n_unique() == 12 and (df["status"] == "ok").all()
+    assert (df["score"] - hf_scores["score"]).abs().max() < 1e-4
+    assert run_score(run, lmdeploy_cfg(server.url), progress=False).written == 0
+
+
 def test_run_without_images_is_a_clear_error(tmp_path):
     with pytest.raises(RunDirError, match="no image manifest"):
         run_score(tmp_path / "empty", tiny_cfg(), progress=False)
@@ -261,7 +336,8 @@ def free_port() -> int:
 def test_cli_serve_judge_then_score_over_http(run, hf_scores):
     port = free_port()
     cmd = [sys.executable, str(REPO / "cli.py"), "serve", "judge", "--model", "tiny:internvl", "--port", str(port)]
-    server = subprocess.Popen([*cmd, "--max-tiles", "2"], stderr=subprocess.PIPE, text=True)
+    engine = ["--engine", "pytorch", "--logprobs-mode", "raw_logprobs"]
+    server = subprocess.Popen([*cmd, "--max-tiles", "2", *engine], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -281,6 +357,16 @@ def test_cli_serve_judge_then_score_over_http(run, hf_scores):
     assert set(got["judge"]) == {"server:tiny:internvl"}
     assert (got["score"] - hf_scores["score"]).abs().max() < 1e-4
     assert "Traceback" not in server.stderr.read()
+
+
+def test_cli_preflight_failure_is_one_line_and_writes_nothing(run, tiny_internvl):
+    judge = HFJudge(str(tiny_internvl), torch.device("cpu"), torch.float32, max_tiles=2, reason_tokens=4)
+    with JudgeServer(judge, model_name="tiny:internvl", engine="pytorch") as srv:  # the tiny config's judge name
+        res = subprocess.run(score_cmd(run, "--endpoint", srv.url), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "--logprobs-mode raw_logprobs" in lines[0]
+    assert no_scores(run)
 
 
 def test_cli_missing_judge_checkpoint_is_one_line(run):

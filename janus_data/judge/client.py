@@ -1,94 +1,50 @@
-"""The `lmdeploy` judge backend: (prompt, image) pairs scored by OpenAI-compatible judge servers.
+"""The `lmdeploy` judge backend: (prompt, image) pairs scored by LMDeploy's (or OpenAI-compatible) servers.
 
 Works against `lmdeploy serve api_server <InternVL> --server-port 23333` (one or several, e.g. one
-per GPU) and against `janus_data.judge.server.JudgeServer`.
+per GPU) and against `janus serve judge`, its stand-in. What is sent and why: janus_data/judge/wire.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
-import math
 import os
 import random
 import threading
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from PIL import Image
 
 from janus_data.errors import JudgeServerError, one_line
 from janus_data.judge.scoring import answer_of, score_from_logprobs
-from janus_data.judge.templates import consistency_question, reason_question, text_after_image
+from janus_data.judge.templates import consistency_question, reason_question
 from janus_data.judge.types import JudgeResult
+from janus_data.judge.wire import (
+    PROBE_PROMPT,
+    REASON_SAMPLING,
+    S_SAMPLING,
+    chat_body,
+    data_url,
+    error_message,
+    first_token_top,
+    probe_image,
+    public_url,
+    unusable,
+    with_scheme,
+)
 
-_MIME = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 _RETRY_STATUS = {408, 429}
-
-
-def image_mime(data: bytes) -> str | None:
-    """The MIME type of PNG, JPEG or WebP bytes from their magic bytes, else None.
-
-    >>> image_mime(b"\\x89PNG\\r\\n\\x1a\\n...."), image_mime(b"RIFF1234WEBPVP8 "), image_mime(b"GIF89a")
-    ('image/png', 'image/webp', None)
-    """
-    for magic, mime in _MIME:
-        if data.startswith(magic):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
-def data_url(image: Image.Image | bytes) -> str:
-    """A data URL of the image: bytes as they are, a PIL image as PNG; ValueError for unknown bytes."""
-    if isinstance(image, Image.Image):
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", compress_level=1)
-        data, mime = buf.getvalue(), "image/png"
-    else:
-        data = bytes(image)
-        mime = image_mime(data)
-        if mime is None:
-            raise ValueError("image bytes are not PNG, JPEG or WebP")
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _with_scheme(url: str) -> str:
-    """http://host:port for 'host:port', the URL as is otherwise; no trailing slash."""
-    url = url.strip().rstrip("/")
-    return url if "://" in url else f"http://{url}"
-
-
-def public_url(url: str) -> str:
-    """The URL without user:password@ (safe to print), and without a trailing slash.
-
-    >>> public_url("http://user:secret@host:23333/")
-    'http://host:23333'
-    """
-    parts = urlsplit(url.strip())
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)).rstrip("/")
-
-
-def first_token_top(choice: dict) -> dict[str, float]:
-    """{token text: log-prob} of the first generated token's top candidates (equal texts merged)."""
-    content = ((choice.get("logprobs") or {}).get("content")) or []
-    if not content:
-        raise ValueError("the response has no logprobs (does the server support logprobs/top_logprobs?)")
-    top: dict[str, float] = {}
-    for cand in content[0].get("top_logprobs") or [content[0]]:
-        token, lp = cand["token"], float(cand["logprob"])
-        # Two ids can decode to one text (e.g. byte fragments): their probabilities add up.
-        top[token] = lp if token not in top else max(lp, top[token]) + math.log1p(math.exp(-abs(lp - top[token])))
-    return top
+_CHAT = "/v1/chat/completions"
+_START = "start `lmdeploy serve api_server <InternVL checkpoint> --server-port 23333` or check --endpoint"
 
 
 class _PairFailed(Exception):
     """The server refused one request (a 4xx other than 401/403/408/429): the pair gets an error row."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -109,21 +65,23 @@ class _Session:
 
 
 class ServerJudge:
-    """Judge through one or several OpenAI-compatible servers (LMDeploy's api_server, JudgeServer).
+    """Judge through one or several LMDeploy api_servers (or `janus serve judge`).
 
-    Each pair costs two requests. The S request asks the paper's exact question, whose answer
-    is just "yes"/"no", with `max_tokens: 1` and the first token's `top_logprobs`: S is the yes
-    share of the yes/no mass among those candidates (`score_from_logprobs`). A free reason cannot
-    come from that question (its greedy answer is one word), and asking another question for S
-    would change S; so when `reason_tokens > 0` a second request asks `reason_question` for a
-    short greedy explanation. Both requests use temperature 0.
+    Each pair costs two requests. The S request asks the paper's exact question with one new
+    token and the first token's 20 candidates, sampling pinned so that they are the model's own
+    (wire.py); S is the yes share of the yes/no mass among the chosen token and its
+    `top_logprobs`. When `reason_tokens > 0` a second, greedy request asks `reason_question`.
 
-    At most `concurrency` requests are in flight per endpoint, each request going to the
-    least-busy endpoint. Connection errors, timeouts, 408, 429 and 5xx are retried with
-    exponential backoff and jitter (on another endpoint when there are several); after `retries`
-    tries of one request `score` raises JudgeServerError and cancels the rest of the batch. A
-    400-class refusal of one pair (e.g. an undecodable image) gives that pair a JudgeResult
-    with `error` set and the batch goes on; 401/403 (API key) raise JudgeServerError at once.
+    `check()` runs before any work: every endpoint must list the model and answer one real S
+    request on a probe image with a usable distribution, else one JudgeServerError names the
+    cause and the fix. At most `concurrency` requests are in flight per endpoint, each going to
+    the least-busy endpoint. Connection errors, timeouts, 408, 429 and 5xx are retried with
+    exponential backoff and jitter (on another endpoint when there are several); after
+    `retries` tries of one request `score` raises JudgeServerError and cancels the batch. A
+    4xx refusal of one pair gives it a JudgeResult with `error` set; when EVERY pair of a batch is
+    refused (and two or more in a row, over calls), the fault is the server's, not the
+    images': JudgeServerError.
+    401/403 raise at once.
 
     The API key is read from the environment variable `api_key_env` at each call and is never
     kept on the object. Proxy variables (HTTP_PROXY...) are ignored: judge servers are internal.
@@ -142,7 +100,7 @@ class ServerJudge:
         top_logprobs: int = 20,
         api_key_env: str = "JANUS_JUDGE_API_KEY",
     ):
-        """`endpoints`: base URLs such as http://host:23333; `model`: the served name (None: ask the first).
+        """`endpoints`: base URLs such as http://host:23333; `model`: the served name (None: the one listed).
 
         `concurrency`: requests in flight per endpoint; `retries`: tries per request, the first
         included; `timeout_s`: per connect/read/write; `top_logprobs`: candidates S is read from.
@@ -150,7 +108,7 @@ class ServerJudge:
         endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         if not endpoints:
             raise ValueError("ServerJudge needs at least one endpoint")
-        self._urls = [_with_scheme(u) for u in endpoints]
+        self._urls = [with_scheme(u) for u in endpoints]
         self.endpoints = [public_url(u) for u in self._urls]
         self.model = model
         self.concurrency = max(1, concurrency)
@@ -163,6 +121,7 @@ class ServerJudge:
             raise ValueError("top_logprobs must be in [1, 20] (the OpenAI and LMDeploy limit)")
         self.top_logprobs = top_logprobs
         self.api_key_env = api_key_env
+        self._refused_run = 0  # pairs refused in a row, over score() calls
 
     def __repr__(self) -> str:
         return (
@@ -180,8 +139,8 @@ class ServerJudge:
     # ------------------------------------------------------------------ public API
 
     def check(self) -> None:
-        """GET /v1/models of every endpoint (two quick tries each): raise JudgeServerError if one is down."""
-        self._run(self._session(self._check, tries=2, timeout_s=min(self.timeout_s, 10.0)))
+        """Pre-flight: every endpoint lists the model and gives a usable S on a probe image, or JudgeServerError."""
+        self._run(self._session(self._check, tries=2, timeout_s=self.timeout_s))
 
     def score(self, prompts: list[str], images: list[Image.Image | bytes]) -> list[JudgeResult]:
         """One JudgeResult per (prompt, image), in order."""
@@ -241,8 +200,7 @@ class ServerJudge:
         where = ", ".join(dict.fromkeys(tried))
         return JudgeServerError(
             one_line(f"judge server {what} failed after {len(tried)} tries on {where}: {last}"),
-            hint="start `lmdeploy serve api_server <InternVL checkpoint> --server-port 23333` "
-            "or check --endpoint and that the server is up",
+            hint=f"{_START} and that the server is up",
         )
 
     async def _call(self, session: _Session, method: str, path: str, payload=None, eps: list | None = None):
@@ -260,14 +218,14 @@ class ServerJudge:
                     resp = await session.client.request(method, ep.url + path, json=payload)
                 if resp.status_code == 200:
                     return resp.json()
-                message = _error_message(resp)
+                message = error_message(resp)
                 if resp.status_code in (401, 403):
                     raise JudgeServerError(
                         one_line(f"judge server {ep.name} refused the request: HTTP {resp.status_code} {message}"),
                         hint=f"set {self.api_key_env} to the key the server was started with (--api-keys)",
                     )
                 if resp.status_code not in _RETRY_STATUS and resp.status_code < 500:
-                    raise _PairFailed(one_line(f"HTTP {resp.status_code} from {ep.name}: {message}"))
+                    raise _PairFailed(resp.status_code, one_line(f"HTTP {resp.status_code} from {ep.name}: {message}"))
                 last = f"HTTP {resp.status_code} {message}"
             except (httpx.TransportError, ValueError) as err:  # ValueError: a 200 whose body is not JSON
                 last = f"{type(err).__name__}: {one_line(err)}"
@@ -278,84 +236,127 @@ class ServerJudge:
                 await asyncio.sleep(self._backoff(attempt))
         raise self._error(f"{method} {path}", tried, last)
 
-    async def _resolve_model(self, session: _Session) -> None:
-        if self.model is None:
-            self.model = await self._served_model(session, session.eps[0])
+    # ------------------------------------------------------------------ model and pre-flight
 
-    async def _served_model(self, session: _Session, ep: _Endpoint) -> str:
+    async def _served(self, session: _Session, ep: _Endpoint) -> list[str]:
         try:
             body = await self._call(session, "GET", "/v1/models", eps=[ep])
-            return str(body["data"][0]["id"])
-        except (_PairFailed, KeyError, IndexError, TypeError) as err:
+            names = [str(card["id"]) for card in body["data"]]
+        except (_PairFailed, KeyError, TypeError) as err:
             raise JudgeServerError(
                 one_line(f"{ep.name}/v1/models did not list a model: {err}"),
                 hint="is --endpoint an OpenAI-compatible server (lmdeploy serve api_server)?",
             ) from err
+        if not names:
+            raise JudgeServerError(f"{ep.name}/v1/models lists no model", hint=_START)
+        return names
+
+    def _pick_model(self, ep: _Endpoint, names: list[str]) -> str:
+        """The configured model if this endpoint serves it; else the one model it serves."""
+        if self.model is not None:
+            if self.model not in names:
+                raise JudgeServerError(
+                    f"judge server {ep.name} does not serve '{self.model}' (it serves: {', '.join(names)})",
+                    hint="set --model to a served name, or point every --endpoint at a server of that checkpoint",
+                )
+            return self.model
+        if len(names) > 1:
+            raise JudgeServerError(
+                f"judge server {ep.name} serves several models ({', '.join(names)})",
+                hint="choose one with --model (score.model)",
+            )
+        return names[0]
+
+    async def _resolve_model(self, session: _Session) -> None:
+        if self.model is None:
+            self.model = self._pick_model(session.eps[0], await self._served(session, session.eps[0]))
+
+    async def _probe(self, session: _Session, ep: _Endpoint, url: str) -> None:
+        """One real S request on the probe image: it must come back with a usable first-token distribution."""
+        body = chat_body(self.model, consistency_question(PROBE_PROMPT), url, 1, S_SAMPLING, self.top_logprobs)
+        try:
+            answer = await self._call(session, "POST", _CHAT, body, eps=[ep])
+        except _PairFailed as err:
+            if "logprobs_mode" in str(err):
+                raise JudgeServerError(
+                    f"judge server {ep.name} refuses logprobs: {err}",
+                    hint="LMDeploy's PyTorch engine returns logprobs only when started with "
+                    "--logprobs-mode raw_logprobs; restart it with that flag (or use --backend turbomind)",
+                ) from err
+            raise JudgeServerError(f"judge server {ep.name} refused the S probe request: {err}", hint=_START) from err
+        try:
+            top = first_token_top(answer["choices"][0])
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            raise JudgeServerError(
+                f"judge server {ep.name} answers without first-token logprobs ({one_line(err)})",
+                hint="S needs logprobs and top_logprobs: use lmdeploy serve api_server "
+                "(the PyTorch engine with --logprobs-mode raw_logprobs)",
+            ) from err
+        problem = unusable(top)
+        if problem:
+            raise JudgeServerError(
+                f"judge server {ep.name} gives no usable S: {problem}",
+                hint="it ignores the request's temperature/top_k/top_p (sent: temperature 1, top_p 1, top_k 0); "
+                "serve the judge with lmdeploy serve api_server and let any proxy pass these fields through",
+            )
 
     async def _check(self, session: _Session) -> None:
         eps = session.eps
-        names = await _gather_or_cancel(self._served_model(session, ep) for ep in eps)
-        if self.model is None:
-            self.model = names[0]
-        wrong = [f"{ep.name} serves '{n}'" for ep, n in zip(eps, names, strict=True) if n != self.model]
-        if wrong:
+        served = await _gather_or_cancel(self._served(session, ep) for ep in eps)
+        picked = [self._pick_model(ep, names) for ep, names in zip(eps, served, strict=True)]
+        if len(set(picked)) > 1:
             raise JudgeServerError(
-                f"judge servers disagree on the model: expected '{self.model}' but {'; '.join(wrong)}",
-                hint="point every --endpoint at a server of the same checkpoint",
+                f"judge servers disagree on the model: {', '.join(f'{e.name} serves {n!r}' for e, n in zip(eps, picked, strict=True))}",
+                hint="point every --endpoint at a server of the same checkpoint, or set --model",
             )
+        self.model = picked[0]
+        url = await asyncio.to_thread(data_url, probe_image())
+        await _gather_or_cancel(self._probe(session, ep, url) for ep in eps)
 
-    def _payload(self, question: str, url: str, max_tokens: int, logprobs: bool) -> dict:
-        body = {
-            "model": self.model,
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [
-                        {"type": "image_url", "image_url": {"url": url}},
-                        {"type": "text", "text": text_after_image(question)},
-                    ],
-                }
-            ],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-        }
-        if logprobs:
-            body |= {"logprobs": True, "top_logprobs": self.top_logprobs}
-        return body
+    # ------------------------------------------------------------------ scoring
 
-    async def _pair(self, session: _Session, gate: asyncio.Semaphore, prompt: str, image) -> JudgeResult:
+    async def _pair(self, session: _Session, gate: asyncio.Semaphore, prompt: str, image):
+        """(JudgeResult, the refusal when the server refused it)."""
         async with gate:  # bounds the encoded images held at once
             try:
                 url = await asyncio.to_thread(data_url, image)
             except Exception as err:
-                return JudgeResult(None, None, "", False, error=one_line(f"cannot encode the image: {err}"))
-            path = "/v1/chat/completions"
-            calls = [self._call(session, "POST", path, self._payload(consistency_question(prompt), url, 1, True))]
+                return JudgeResult(None, None, "", False, error=one_line(f"cannot encode the image: {err}")), None
+            calls = [self._call(session, "POST", _CHAT, self._s_body(prompt, url))]
             if self.reason_tokens > 0:
-                reason = self._payload(reason_question(prompt), url, self.reason_tokens, False)
-                calls.append(self._call(session, "POST", path, reason))
+                reason = chat_body(self.model, reason_question(prompt), url, self.reason_tokens, REASON_SAMPLING)
+                calls.append(self._call(session, "POST", _CHAT, reason))
             try:
                 bodies = await _gather_or_cancel(calls)
+            except _PairFailed as err:
+                return JudgeResult(None, None, "", False, error=one_line(err)), err
+            try:
                 s = score_from_logprobs(first_token_top(bodies[0]["choices"][0]))
                 text = bodies[1]["choices"][0]["message"]["content"] if len(bodies) > 1 else ""
-            except (_PairFailed, ValueError, KeyError, IndexError, TypeError) as err:
-                return JudgeResult(None, None, "", False, error=one_line(err))
-            return JudgeResult(s, None if s is None else answer_of(s), (text or "").strip(), s is None)
+            except (ValueError, KeyError, IndexError, TypeError) as err:
+                return JudgeResult(None, None, "", False, error=one_line(err)), None
+            return JudgeResult(s, None if s is None else answer_of(s), (text or "").strip(), s is None), None
+
+    def _s_body(self, prompt: str, url: str) -> dict:
+        return chat_body(self.model, consistency_question(prompt), url, 1, S_SAMPLING, self.top_logprobs)
 
     async def _score(self, session: _Session, prompts: list[str], images: list) -> list[JudgeResult]:
         await self._resolve_model(session)
         gate = asyncio.Semaphore(2 * self.concurrency * len(session.eps))
-        return await _gather_or_cancel(self._pair(session, gate, p, im) for p, im in zip(prompts, images, strict=True))
-
-
-def _error_message(resp: httpx.Response) -> str:
-    """The OpenAI-style error message of a response, else the start of its body."""
-    try:
-        err = resp.json().get("error")
-        message = err.get("message") if isinstance(err, dict) else err
-    except (ValueError, AttributeError):
-        message = None
-    return one_line(message or resp.text or resp.reason_phrase, 200)
+        pairs = await _gather_or_cancel(self._pair(session, gate, p, im) for p, im in zip(prompts, images, strict=True))
+        refusals = [refused for _, refused in pairs]
+        # Consecutive refused pairs over calls, so that batches of one image are caught too.
+        self._refused_run = self._refused_run + len(pairs) if all(refusals) else 0
+        if all(refusals) and self._refused_run >= 2:
+            statuses = sorted({r.status for r in refusals})
+            raise JudgeServerError(
+                f"the judge server refused all {len(pairs)} requests of a batch ({len(set(map(str, refusals)))} "
+                f"distinct errors, HTTP {'/'.join(map(str, statuses))}; {self._refused_run} in a row), "
+                f"e.g. {refusals[0]}",
+                hint="a fault of the server or its flags (--session-len, --logprobs-mode, the model), not of "
+                "the images; nothing of this batch was written",
+            )
+        return [result for result, _ in pairs]
 
 
 async def _gather_or_cancel(coros: Iterable[Awaitable]) -> list:

@@ -9,11 +9,11 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, InternVLForConditionalGeneration
 
 from janus_data.errors import ModelError
+from janus_data.judge.decode import RaggedBatch, greedy
 from janus_data.judge.scoring import NO_WORDS, YES_WORDS, answer_of
 from janus_data.judge.templates import IMAGE_TAG, consistency_question, reason_question
-from janus_data.judge.types import Answer, JudgeResult
+from janus_data.judge.types import JudgeResult
 from janus_data.models import loading, resolve_model
-from janus_data.padding import left_pad
 
 
 def load_internvl(ref: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False):
@@ -38,6 +38,20 @@ def single_token_ids(tokenizer, words: tuple[str, ...]) -> list[int]:
             if len(encoded) == 1:
                 ids.add(encoded[0])
     return sorted(ids)
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two id lists.
+
+    >>> common_prefix([1, 2, 3], [1, 2, 4, 5])
+    2
+    """
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class HFJudge:
@@ -83,7 +97,7 @@ class HFJudge:
         eos = eos if isinstance(eos, list) else [eos]
         self.stop_ids = {int(e) for e in eos if e is not None} | {int(tok.eos_token_id)}
 
-    def _ids(self, question: str, n_tiles: int) -> list[int]:
+    def question_ids(self, question: str, n_tiles: int) -> list[int]:
         """Chat-templated ids of one question, its image tag expanded to the image's tokens."""
         tok = self.tokenizer
         text = tok.apply_chat_template(
@@ -109,15 +123,6 @@ class HFJudge:
             *tok.encode(tail, add_special_tokens=False),
         ]
 
-    def _inputs(self, questions: list[str], pixels: torch.Tensor, tiles: list[int]) -> dict[str, torch.Tensor]:
-        """Left-padded batch: (B, L) ids and mask, (sum tiles, 3, 448, 448) pixels."""
-        ids, mask = left_pad([self._ids(q, n) for q, n in zip(questions, tiles, strict=True)], self.pad_id)
-        return {
-            "input_ids": ids.to(self.device),
-            "attention_mask": mask.to(self.device),
-            "pixel_values": pixels.to(self.device, self.dtype),
-        }
-
     def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[int]]:
         """(sum tiles, 3, 448, 448) pixel values and the tile count of each image."""
         processed = self.image_processor(
@@ -129,82 +134,69 @@ class HFJudge:
         )
         return processed["pixel_values"], [int(n) for n in processed["num_patches"]]
 
-    def _generate(
-        self, questions: list[str], pixels: torch.Tensor, tiles: list[int], max_new_tokens: int
-    ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Greedy answers: (B, V) first-token log-probabilities, (B, T) new ids, prompt lengths."""
-        inputs = self._inputs(questions, pixels, tiles)
-        # generate derives positions from the mask itself (cache-aware), so left padding is safe.
-        out = self.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.pad_id,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        first = out.logits[0].float().log_softmax(-1)
-        new = out.sequences[:, inputs["input_ids"].shape[1] :]
-        return first, new, inputs["attention_mask"].sum(-1).tolist()
+    def batch(self) -> RaggedBatch:
+        """An empty ragged batch on this judge's model."""
+        return RaggedBatch(self.model, self.pad_id, self.device)
 
-    def _text(self, ids: torch.Tensor) -> tuple[str, int, str]:
-        """Decoded answer up to its first stop token, its token count and finish reason."""
-        ids = ids.tolist()
+    def pixel_inputs(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model inputs of the block that holds the images' tokens."""
+        return {"pixel_values": pixels.to(self.device, self.dtype)}
+
+    def text_of(self, ids: list[int]) -> tuple[str, str]:
+        """Decoded answer up to its first stop id, and the finish reason ('stop' or 'length')."""
         for n, token in enumerate(ids):
             if token in self.stop_ids:
-                return self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), n + 1, "stop"
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids), "length"
+                return self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), "stop"
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip(), "length"
 
-    def token_text(self, token_id: int) -> str:
-        """A token as the text it decodes to (what OpenAI-style logprobs list)."""
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
-
-    @torch.inference_mode()
-    def chat(
-        self, questions: list[str], images: list[Image.Image], max_new_tokens: int, top_logprobs: int = 0
-    ) -> list[Answer]:
-        """Answer each question (its `<image>` tag standing for its image) greedily, with first-token top-k."""
-        if len(questions) != len(images):
-            raise ValueError(f"{len(questions)} questions but {len(images)} images")
-        if not questions:
-            return []
-        pixels, tiles = self.preprocess(images)
-        first, new, prompt_lens = self._generate(questions, pixels, tiles, max(1, max_new_tokens))
-        answers = []
-        top_values, top_ids = first.topk(min(top_logprobs, first.shape[-1]), dim=-1) if top_logprobs else (None, None)
-        for row in range(len(questions)):
-            text, n_new, finish = self._text(new[row])
-            top = []
-            if top_ids is not None:
-                top = [
-                    (self.token_text(int(t)), float(v))
-                    for t, v in zip(top_ids[row].tolist(), top_values[row].tolist(), strict=True)
-                ]
-            answers.append(
-                Answer(text=text, top=top, prompt_tokens=int(prompt_lens[row]), completion_tokens=n_new, finish=finish)
-            )
-        return answers
+    def yes_share(self, logits: torch.Tensor) -> list[float | None]:
+        """S of each row of first-token logits (B, V): the yes share of the yes/no mass of the full softmax."""
+        probs = logits.double().softmax(-1)
+        yes = probs[:, self.yes_ids].sum(-1)
+        total = yes + probs[:, self.no_ids].sum(-1)
+        return [float(y / t) if t > 0 and torch.isfinite(t) else None for y, t in zip(yes, total, strict=True)]
 
     @torch.inference_mode()
-    def score(self, prompts: list[str], images: list[Image.Image | bytes]) -> list[JudgeResult]:
-        """One JudgeResult per (prompt, image), all pairs in one batch; images as PIL or encoded bytes."""
+    def score(
+        self, prompts: list[str], images: list[Image.Image | bytes], shared_prefill: bool = True
+    ) -> list[JudgeResult]:
+        """One JudgeResult per (prompt, image), all pairs in one batch; images as PIL or encoded bytes.
+
+        The consistency question (S) and the reason question differ only after the image, so
+        the image's tokens are prefilled once and both questions continue from that cache.
+        `shared_prefill=False` runs them as two separate passes (the reference of that path).
+        """
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
         if not prompts:
             return []
         images = [Image.open(io.BytesIO(im)) if isinstance(im, bytes) else im for im in images]
         pixels, tiles = self.preprocess(images)
-        first, _, _ = self._generate([consistency_question(p) for p in prompts], pixels, tiles, 1)
-        probs = first.exp()
-        yes = probs[:, self.yes_ids].sum(-1)
-        no = probs[:, self.no_ids].sum(-1)
-        total = yes + no
-        scores = [float(y / t) if t > 0 and torch.isfinite(t) else None for y, t in zip(yes, total, strict=True)]
+        s_rows = [self.question_ids(consistency_question(p), n) for p, n in zip(prompts, tiles, strict=True)]
+        r_rows = [self.question_ids(reason_question(p), n) for p, n in zip(prompts, tiles, strict=True)]
         reasons = [""] * len(prompts)
-        if self.reason_tokens > 0:
-            _, new, _ = self._generate([reason_question(p) for p in prompts], pixels, tiles, self.reason_tokens)
-            reasons = [self._text(row)[0] for row in new]
+        batch = self.batch()
+        if self.reason_tokens <= 0:
+            scores = self.yes_share(batch.append(s_rows, **self.pixel_inputs(pixels)))
+        elif shared_prefill:
+            # Each suffix keeps at least one token, so both branches end on a token of their own.
+            cut = [min(common_prefix(s, r), len(s) - 1, len(r) - 1) for s, r in zip(s_rows, r_rows, strict=True)]
+            batch.append([s[:k] for s, k in zip(s_rows, cut, strict=True)], **self.pixel_inputs(pixels))
+            prefix = batch.mark()
+            scores = self.yes_share(batch.append([s[k:] for s, k in zip(s_rows, cut, strict=True)]))
+            batch.rewind(prefix)
+            first = batch.append([r[k:] for r, k in zip(r_rows, cut, strict=True)])
+            reasons = self._reasons(batch, first)
+        else:
+            scores = self.yes_share(batch.append(s_rows, **self.pixel_inputs(pixels)))
+            batch = self.batch()
+            reasons = self._reasons(batch, batch.append(r_rows, **self.pixel_inputs(pixels)))
         return [
             JudgeResult(score=s, answer=None if s is None else answer_of(s), reason=r, flagged=s is None)
             for s, r in zip(scores, reasons, strict=True)
         ]
+
+    def _reasons(self, batch: RaggedBatch, first: torch.Tensor) -> list[str]:
+        rows = first.shape[0]
+        new = batch.decode(first, [self.reason_tokens] * rows, [self.stop_ids] * rows, greedy)
+        return [self.text_of(ids)[0] for ids in new]

@@ -10,8 +10,12 @@ NO_WORDS = ("no", "No", "NO")
 _SPACE_MARKERS = "Ġ▁"
 
 
-def _word_of(token: str) -> str:
-    """A candidate token with its space markers and whitespace removed."""
+def word_of(token: str) -> str:
+    """A candidate token with its space markers and whitespace removed.
+
+    >>> word_of("ĠYes"), word_of("▁no"), word_of(" YES ")
+    ('Yes', 'no', 'YES')
+    """
     return token.strip().lstrip(_SPACE_MARKERS).strip()
 
 
@@ -37,7 +41,7 @@ def score_from_logprobs(top: dict[str, float]) -> float | None:
     yes = no = 0.0
     seen_yes = seen_no = False
     for token, logprob in top.items():
-        word = _word_of(token)
+        word = word_of(token)
         if word in YES_WORDS:
             yes += math.exp(logprob)
             seen_yes = True

@@ -1,166 +1,95 @@
-"""A small OpenAI-compatible judge server answering from an in-process `HFJudge` (stdlib only).
+"""`janus serve judge`: an in-process InternVL behind LMDeploy 0.18's api_server contract (stdlib HTTP only).
 
-It speaks the subset of LMDeploy's `api_server` that `ServerJudge` uses, so the client is tested
-(and can run) without LMDeploy:
+A faithful stand-in, so that what passes against it passes against `lmdeploy serve api_server`:
+requests are validated and refused as LMDeploy does (janus_data/judge/protocol.py), each step's
+logits are sampled and reported as the chosen engine does (janus_data/judge/engines.py):
 
-- `POST /v1/chat/completions`, non-streaming. One user message whose content is one image part
-  (`{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`) and one text part;
-  the text is the question after its `<image>\\n`, as LMDeploy's InternVL template expects.
-  `max_tokens` (default 256), `logprobs`, `top_logprobs` (at most 20). Answers are always greedy:
-  a `temperature` above 0 is rejected with 400 rather than silently ignored. `logprobs.content`
-  holds the first generated token only (the one S is read from).
-- `GET /v1/models`, `GET /health`.
+- `--engine turbomind` (LMDeploy's default): logprobs for any request, computed after the
+  request's temperature (0 becomes 1e-6), top-k, top-p and repetition penalty;
+- `--engine pytorch`: logprobs only with `--logprobs-mode raw_logprobs|raw_logits`, taken from
+  the raw logits; without it every logprobs request gets LMDeploy's 400.
 
-Errors are 400 (401 for a missing or wrong API key) with an OpenAI-style body
-`{"error": {"message", "type", "code"}}`; a request the judge itself fails on gets 500 and the
-server keeps serving.
+Sampling is always on; unset fields take the server's `--generation-config` defaults, then
+LMDeploy's (temperature 0.8, top_k 50). Every generated token gets its logprobs entry, the chosen
+token outside `top_logprobs`, tokens as vocabulary pieces. Errors are LMDeploy's flat bodies;
+an unknown model is a 404. `GET /v1/models`, `GET /health`.
 
-Micro-batching: handler threads decode the image and queue a job; one worker thread takes every
-queued job (up to `max_batch`, waiting at most `batch_wait_s` for more) and answers them with one
-`HFJudge.chat` call per group of equal (max_tokens, top_logprobs). While the model runs, new
-requests queue up and form the next batch, so concurrent clients pay off as with LMDeploy's
-continuous batching.
+What it does not do: streaming, n > 1, several images or messages per request, images by
+http URL. One user message holds one `image_url` data URL, then text.
+
+Micro-batching: handler threads parse, decode and tile the image and queue a job; one worker
+takes every queued job (up to `max_batch`, waiting at most `batch_wait_s` for more) and decodes
+them as one ragged batch, so concurrent clients pay off as with LMDeploy's continuous batching.
 """
 
 from __future__ import annotations
 
-import base64
 import hmac
-import io
 import json
 import logging
 import queue
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from PIL import Image
+import torch
 
 from janus_data.errors import one_line
-from janus_data.judge.templates import with_image_first
-from janus_data.judge.types import Answer
+from janus_data.judge.engines import ENGINES, LOGPROBS_MODES, Sampling, merge_sampling, pytorch_step, turbomind_step
+from janus_data.judge.protocol import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ApiError,
+    ChatRequest,
+    chat_response,
+    models_body,
+    parse_chat,
+    token_logprobs,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_TOP_LOGPROBS = 20
-DEFAULT_MAX_TOKENS = 256
 MAX_BODY_BYTES = 64 << 20
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP status, OpenAI error type and code."""
-
-    def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.status, self.kind, self.code = status, kind, code
+STOPPING = "The inference engine is unavailable."
 
 
 @dataclass
 class _Job:
-    """One queued chat request and, once the worker is done, its answer or error."""
+    """One queued chat request, its prompt ids and pixels, and, once answered, its body or error."""
 
-    question: str
-    image: Image.Image
-    max_tokens: int
-    top_logprobs: int
+    request: ChatRequest
+    ids: list[int]
+    pixels: torch.Tensor
+    sampling: Sampling
+    max_new_tokens: int
     done: threading.Event = field(default_factory=threading.Event)
-    answer: Answer | None = None
-    error: RequestError | None = None
+    body: dict | None = None
+    error: ApiError | None = None
 
 
-def decode_image(url: str) -> Image.Image:
-    """The image of a `data:image/...;base64,` URL, fully decoded, or RequestError."""
-    head, sep, data = url.partition(",")
-    if not (sep and head.startswith("data:image/") and head.endswith(";base64")):
-        raise RequestError("image_url must be a data:image/...;base64, URL", code="invalid_image")
-    try:
-        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
-        return image.convert("RGB")
-    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise RequestError(f"cannot decode the image: {one_line(err)}", code="invalid_image") from err
+def generation_defaults(judge, source: str) -> dict:
+    """The server-side sampling defaults of `--generation-config`: 'auto' (the model's), 'lmdeploy' (none) or a path."""
+    if source == "lmdeploy":
+        return {}
+    if source == "auto":
+        return judge.model.generation_config.to_diff_dict()
+    from transformers import GenerationConfig
+
+    return GenerationConfig.from_pretrained(source).to_diff_dict()
 
 
-def _int_field(body: dict, name: str, default: int, low: int, high: int) -> int:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RequestError(f"{name} must be an integer in [{low}, {high}]", code=f"invalid_{name}")
-    return value
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that prints no traceback when a client hangs up."""
 
+    daemon_threads = True
 
-def parse_chat(body: dict, model_name: str) -> _Job:
-    """Validate a chat completion request and turn it into a job (question + decoded image)."""
-    if body.get("model") != model_name:
-        raise RequestError(
-            f"model '{body.get('model')}' is not served here; use '{model_name}'", code="model_not_found"
-        )
-    if body.get("stream"):
-        raise RequestError("stream=true is not supported", code="stream_unsupported")
-    if body.get("n") not in (None, 1):
-        raise RequestError("only n=1 is supported", code="invalid_n")
-    temperature = body.get("temperature")
-    if temperature is not None and (not isinstance(temperature, (int, float)) or temperature > 0):
-        raise RequestError("this judge server answers greedily: send temperature 0", code="invalid_temperature")
-    max_tokens = _int_field(body, "max_tokens", DEFAULT_MAX_TOKENS, 1, 4096)
-    top = _int_field(body, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
-    logprobs = body.get("logprobs") is True
-    if top and not logprobs:
-        raise RequestError("top_logprobs needs logprobs: true", code="invalid_top_logprobs")
-    messages = body.get("messages")
-    if not (isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict)):
-        raise RequestError("send exactly one user message", code="invalid_messages")
-    if messages[0].get("role") != "user":
-        raise RequestError("the message's role must be 'user'", code="invalid_messages")
-    content = messages[0].get("content")
-    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
-    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
-        raise RequestError("content must be a string or a list of parts", code="invalid_messages")
-    texts = [p.get("text") for p in parts if p.get("type") == "text"]
-    urls = [p.get("image_url") for p in parts if p.get("type") == "image_url"]
-    if len(urls) != 1:
-        raise RequestError(f"the judge needs exactly one image part, got {len(urls)}", code="invalid_image")
-    if len(texts) != 1 or not isinstance(texts[0], str) or len(parts) != 2:
-        raise RequestError("send one image part and one text part", code="invalid_messages")
-    url = urls[0].get("url") if isinstance(urls[0], dict) else urls[0]
-    if not isinstance(url, str):
-        raise RequestError("image_url.url must be a string", code="invalid_image")
-    # logprobs with top_logprobs 0 still reports the chosen token: greedy, so the top-1.
-    return _Job(with_image_first(texts[0]), decode_image(url), max_tokens, max(top, 1) if logprobs else 0)
+    def handle_error(self, request, client_address):
+        """A client that hung up (a timeout, a retry) is routine: no traceback."""
+        import sys
 
-
-def _token_entry(token: str, logprob: float) -> dict:
-    return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
-
-
-def completion_body(answer: Answer, model_name: str, logprobs: bool, top_logprobs: int) -> dict:
-    """The OpenAI chat.completion object of one answer."""
-    lp = None
-    if logprobs and answer.top:
-        first = _token_entry(*answer.top[0])
-        first["top_logprobs"] = [_token_entry(t, v) for t, v in answer.top[:top_logprobs]]
-        lp = {"content": [first]}
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model_name,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer.text},
-                "logprobs": lp,
-                "finish_reason": answer.finish,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": answer.prompt_tokens,
-            "completion_tokens": answer.completion_tokens,
-            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-        },
-    }
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -180,28 +109,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _fail(self, err: RequestError) -> None:
-        self._send(err.status, {"error": {"message": str(err), "type": err.kind, "code": err.code}})
+    def _fail(self, err: ApiError) -> None:
+        self._send(err.status, err.body())
 
     def _authorized(self) -> bool:
+        """AuthenticationMiddleware: every /v1 path needs the Bearer key when the server has one."""
         key = self.judge_server.api_key
-        if key is None:
+        if key is None or not self.path.startswith("/v1"):
             return True
-        given = self.headers.get("Authorization", "")
-        if hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.encode(), key.encode()):
             return True
-        self._fail(RequestError("missing or wrong API key", 401, "authentication_error", "invalid_api_key"))
+        self._fail(ApiError(401, "Unauthorized."))
         return False
 
     def do_GET(self):
+        if not self._authorized():
+            return
         if self.path == "/health":
-            self._send(200, {"status": "ok"})
+            self._send(200, {"status": "healthy"})
         elif self.path == "/v1/models":
-            if self._authorized():
-                name = self.judge_server.model_name
-                self._send(200, {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "janus"}]})
+            self._send(200, models_body([self.judge_server.model_name]))
         else:
-            self._fail(RequestError(f"no route {self.path}", 404, code="not_found"))
+            self._send(404, {"detail": "Not Found"})
 
     def do_POST(self):
         try:
@@ -210,35 +140,33 @@ class _Handler(BaseHTTPRequestHandler):
             length = -1
         if not 0 <= length <= MAX_BODY_BYTES:
             self.close_connection = True
-            self._fail(RequestError(f"Content-Length must be in [0, {MAX_BODY_BYTES}]", 413, code="invalid_length"))
+            self._fail(ApiError(413, f"Content-Length must be in [0, {MAX_BODY_BYTES}]"))
             return
         raw = self.rfile.read(length)  # read before answering, so the connection stays usable
         if self.path != "/v1/chat/completions":
-            self._fail(RequestError(f"no route {self.path}", 404, code="not_found"))
+            self._send(404, {"detail": "Not Found"})
             return
         if not self._authorized():
             return
         try:
-            body = json.loads(raw)
-            if not isinstance(body, dict):
-                raise RequestError("the request body must be a JSON object", code="invalid_json")
-            job = parse_chat(body, self.judge_server.model_name)
-            answer = self.judge_server.submit(job)
-        except json.JSONDecodeError as err:
-            self._fail(RequestError(f"malformed JSON: {err}", code="invalid_json"))
-        except RequestError as err:
+            if self.headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+                raise ApiError(400, "Unsupported Media Type: Only 'application/json' is allowed")
+            try:
+                body = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise ApiError(400, f"{err.pos}: JSON decode error") from err
+            self._send(200, self.judge_server.answer(body))
+        except ApiError as err:
             self._fail(err)
         except Exception as err:  # a bug: answer 500 rather than drop the connection
             log.exception("judge server: request failed")
-            self._fail(RequestError(f"internal error: {one_line(err)}", 500, "server_error", "internal"))
-        else:
-            self._send(200, completion_body(answer, body["model"], job.top_logprobs > 0, body.get("top_logprobs") or 0))
+            self._fail(ApiError(500, f"An internal server error occurred. ({one_line(err)})"))
 
 
 class JudgeServer:
-    """Serve an `HFJudge` over the OpenAI chat API; see the module docstring for the subset.
+    """Serve an `HFJudge` as LMDeploy 0.18's api_server would serve it; see the module docstring.
 
-    >>> with JudgeServer(judge) as server:            # doctest: +SKIP
+    >>> with JudgeServer(judge, engine="pytorch", logprobs_mode="raw_logprobs") as server:  # doctest: +SKIP
     ...     ServerJudge([server.url]).score(prompts, images)
     """
 
@@ -251,41 +179,119 @@ class JudgeServer:
         api_key: str | None = None,
         max_batch: int = 16,
         batch_wait_s: float = 0.005,
+        engine: str = "turbomind",
+        logprobs_mode: str | None = None,
+        generation_config: dict | None = None,
+        session_len: int | None = None,
     ):
-        """Bind `host:port` (0: a free port); `model_name` defaults to the judge's model id."""
+        """Bind `host:port` (0: a free port); `model_name` defaults to the judge's model id.
+
+        `generation_config`: server-side sampling defaults (as `--generation-config` loads them);
+        `session_len`: longest prompt + answer in tokens (None: unbounded), as LMDeploy's.
+        """
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}")
+        if logprobs_mode is not None and logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {LOGPROBS_MODES} or None")
         self.judge = judge
         self.model_name = model_name or judge.model_id
         self.api_key = api_key
         self.max_batch = max(1, max_batch)
         self.batch_wait_s = batch_wait_s
+        self.engine = engine
+        self.logprobs_mode = logprobs_mode if engine == "pytorch" else None
+        self.generation_config = dict(generation_config or {})
+        self.session_len = session_len
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._stopping = threading.Event()
+        self._prep_lock = threading.Lock()  # one tokenizer, shared by handler threads and the worker
         handler = type("JudgeHandler", (_Handler,), {"judge_server": self})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = QuietHTTPServer((host, port), handler)
         self._worker = threading.Thread(target=self._work, name="judge-worker", daemon=True)
         self._http_thread: threading.Thread | None = None
         self._serving = False  # httpd.serve_forever was called: stop() must shut it down
 
     def __repr__(self) -> str:
-        return f"JudgeServer(url={self.url!r}, model_name={self.model_name!r}, max_batch={self.max_batch})"
+        return (
+            f"JudgeServer(url={self.url!r}, model_name={self.model_name!r}, engine={self.engine!r}, "
+            f"logprobs_mode={self.logprobs_mode!r}, max_batch={self.max_batch})"
+        )
 
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def submit(self, job: _Job) -> Answer:
-        """Queue a job and wait for its answer (called by handler threads)."""
+    # ------------------------------------------------------------------ requests
+
+    def answer(self, body) -> dict:
+        """The response body of one chat request (called by handler threads), or ApiError."""
+        request = parse_chat(body, [self.model_name], self.engine, self.logprobs_mode)
+        with self._prep_lock:
+            pixels, tiles = self.judge.preprocess([request.image])
+            ids = self.judge.question_ids(request.question, tiles[0])
+        if self.session_len is not None and len(ids) >= self.session_len:
+            raise ApiError(
+                400, f"Input length ({len(ids)}) must be smaller than the model context length ({self.session_len})."
+            )
+        max_new = request.max_new_tokens or DEFAULT_MAX_NEW_TOKENS
+        if self.session_len is not None:
+            max_new = min(max_new, self.session_len - len(ids))
+        report = (request.top_logprobs or 1) if request.logprobs else 0
+        sampling = merge_sampling(request.sampling, self.generation_config, report, request.seed)
+        job = _Job(request, ids, pixels, sampling, max_new)
         if self._stopping.is_set():
-            raise RequestError("the server is stopping", 503, "server_error", "stopping")
+            raise ApiError(503, STOPPING)
         self._jobs.put(job)
         while not job.done.wait(0.5):
             if not self._worker.is_alive():  # stopped after this job was queued
-                raise RequestError("the server is stopping", 503, "server_error", "stopping")
+                raise ApiError(503, STOPPING)
         if job.error is not None:
             raise job.error
-        return job.answer
+        return job.body
+
+    def _step(self, job: _Job, logits: torch.Tensor, generated: list[int], step: int) -> tuple[int, dict[int, float]]:
+        if self.engine == "turbomind":
+            return turbomind_step(logits, job.sampling, job.ids + generated, step)
+        return pytorch_step(logits, job.sampling, generated, step, self.logprobs_mode)
+
+    def _decode(self, jobs: list[_Job]) -> None:
+        """Answer `jobs` as one ragged batch: prefill, then sample step by step as the engine would."""
+        judge = self.judge
+        batch = judge.batch()
+        logits = batch.append([j.ids for j in jobs], **judge.pixel_inputs(torch.cat([j.pixels for j in jobs])))
+        sampled: list[list[int]] = [[] for _ in jobs]
+        reported: list[list[dict[int, float]]] = [[] for _ in jobs]
+
+        def choose(step: int, logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+            for k, i in enumerate(rows):
+                token, candidates = self._step(jobs[i], logits[k], sampled[i], step)
+                sampled[i].append(token)
+                reported[i].append(candidates)
+            return torch.tensor([sampled[i][-1] for i in rows])
+
+        stops = [set() if j.request.ignore_eos else judge.stop_ids for j in jobs]
+        new = batch.decode(logits, [j.max_new_tokens for j in jobs], stops, choose)
+        for job, ids, candidates, stop in zip(jobs, new, reported, stops, strict=True):
+            finish = "stop" if ids and ids[-1] in stop else "length"
+            tokens = ids[:-1] if finish == "stop" else ids  # LMDeploy leaves the stop token out
+            with self._prep_lock:
+                text = judge.tokenizer.decode(tokens, skip_special_tokens=True)
+                lp = token_logprobs(judge.tokenizer, tokens, candidates) if job.request.logprobs and tokens else None
+            job.body = chat_response(self.model_name, text, finish, lp, len(job.ids), len(tokens))
+
+    def _answer(self, jobs: list[_Job]) -> None:
+        try:
+            with torch.inference_mode():
+                self._decode(jobs)
+        except Exception as err:  # the judge failed on this batch: 500 for it, keep serving
+            log.exception("judge failed on a batch of %d", len(jobs))
+            for job in jobs:
+                job.error = ApiError(500, f"An internal server error occurred. ({one_line(err)})")
+        for job in jobs:
+            job.done.set()
+
+    # ------------------------------------------------------------------ worker and lifecycle
 
     def _gather(self, first: _Job) -> list[_Job]:
         """`first` plus whatever else is queued or arrives within batch_wait_s, up to max_batch."""
@@ -300,23 +306,6 @@ class JudgeServer:
                 break
             jobs.append(job)
         return jobs
-
-    def _answer(self, jobs: list[_Job]) -> None:
-        groups: dict[tuple[int, int], list[_Job]] = {}
-        for job in jobs:
-            groups.setdefault((job.max_tokens, job.top_logprobs), []).append(job)
-        for (max_tokens, top), group in groups.items():
-            try:
-                answers = self.judge.chat([j.question for j in group], [j.image for j in group], max_tokens, top)
-            except Exception as err:  # the judge failed on this group: 500 for it, keep serving
-                log.exception("judge failed on a batch of %d", len(group))
-                error = RequestError(f"judge failed: {one_line(err)}", 500, "server_error", "judge_failed")
-                answers = [None] * len(group)
-            else:
-                error = None
-            for job, answer in zip(group, answers, strict=True):
-                job.answer, job.error = answer, error
-                job.done.set()
 
     def _work(self) -> None:
         while not self._stopping.is_set():
@@ -333,7 +322,7 @@ class JudgeServer:
             except queue.Empty:
                 return
             if job is not None:
-                job.error = RequestError("the server is stopping", 503, "server_error", "stopping")
+                job.error = ApiError(503, STOPPING)
                 job.done.set()
 
     def start(self) -> JudgeServer:
