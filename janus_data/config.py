@@ -154,6 +154,19 @@ class FilterConfig:
     yes/no balance (0: all)."""
     regen_per_prompt: int = 4
     """Task-III: at most this many (bad image -> good image) pairs per prompt (0: one per bad image)."""
+    judge_labels: Literal["agree", "answer"] = "agree"
+    """How an image's Yes/No label follows S and the judge's own answer (the first word of its
+    reason). 'agree': only images where both agree (S >= threshold and Yes -> Yes; S < threshold
+    and No -> No). 'answer' (the released code): any No answer is a No, a Yes answer needs
+    S >= threshold, S < threshold with Yes is dropped. Either way no target reason contradicts
+    its label; the same rule picks Task III's bad images (they need a No). A reason that starts
+    with neither word is dropped; an empty one (reason_tokens 0) takes S's side."""
+    target_generators: tuple[str, ...] = ("flux", "janus")
+    """Generators whose images may be Task I targets and Task III good images (released: flux)."""
+    judge_generators: tuple[str, ...] = ("flux", "janus")
+    """Generators whose images may be Task II samples (released: flux)."""
+    context_generators: tuple[str, ...] = ("flux", "janus")
+    """Generators whose images may be Task III's bad (context) image (released: flux and janus)."""
     mix: tuple[float, ...] = (0.2, 0.3, 0.5)
     """Task I : II : III sampling ratio of SFT (the paper's 0.2:0.3:0.5; released code 10:10:15);
     the summary says how far that mix can go before a task runs dry."""
@@ -197,6 +210,14 @@ class SFTConfig:
     text_reduction: Literal["split", "weighted"] = "split"
     """Task II text loss: 'split' = answer_weight x mean CE of the Yes/No token + reason_weight x
     mean CE of the rest (the released code); 'weighted' = sum(w x CE) / sum(w) over all tokens."""
+    loss_reduction: Literal["sample", "batch"] = "sample"
+    """'sample': each sample's loss over its own targets, then the mean over the global batch (a
+    sample's loss does not depend on its batch). 'batch' (the released code): each task's targets
+    pooled token-level over one process's micro-batch, then averaged over micro-steps and
+    processes."""
+    mix_unit: Literal["sample", "step"] = "sample"
+    """'sample': every sample's task is drawn from `mix`; 'step' (the released code): one task per
+    optimizer step, for the whole global batch."""
     seed: int = 0
     """Seed of the task mix, the sample order, caption dropout and torch."""
     shuffle_buffer: int = 1000
@@ -241,8 +262,14 @@ class RLConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 5
     """Linear warm-up steps, then `schedule` down to min_lr_ratio x lr at max_steps."""
-    schedule: Literal["cosine", "linear"] = "cosine"
-    """Decay after warm-up: cosine (paper) or linear (the released code's piecewise-linear)."""
+    schedule: Literal["cosine", "linear", "released"] = "cosine"
+    """Decay after warm-up: 'cosine' (paper), 'linear', or 'released': the released code's
+    three-piece linear LambdaLR: lr x step / warmup_steps from 0, then linear to
+    convert_lr_ratio x lr at convert_step, then linear to min_lr_ratio x lr at max_steps."""
+    convert_step: int = 30
+    """'released' schedule: the step where the early drop ends."""
+    convert_lr_ratio: float = 0.33333333333333333
+    """'released' schedule: lr at convert_step, as a share of lr (released: 1e-7 of 3e-7)."""
     min_lr_ratio: float = 0.0
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0: off)."""
@@ -257,6 +284,20 @@ class RLConfig:
     weight_final: float = 2.0
     """Loss weight of the final-image segment (advantage of R3 = S(final)); the paper weighs it
     higher, the released code uses equal weights."""
+    loss_reduction: Literal["sequence", "token"] = "sequence"
+    """How a segment's per-token losses are reduced: 'sequence' = each rollout's mean over its own
+    tokens, then the mean over rollouts (the GRPO paper's 1/G sum 1/|o_i|, and the released code);
+    'token' = one mean over all the segment's tokens in the batch (TRL 0.16's default), which
+    weighs long reasons more. Image segments are fixed-length, so only the judgement differs."""
+    judge_eos: bool = True
+    """Whether the reason's <EOS> is in the judgement segment (trained to stop); the released code
+    leaves it out."""
+    answer_logp: Literal["two_way", "full"] = "two_way"
+    """Training log-prob of the forced Yes/No token: 'two_way' = the softmax over the two words it
+    was drawn from; 'full' (the released code) = the full-vocabulary softmax."""
+    regen_context: Literal["reencoded", "sampled"] = "reencoded"
+    """Image 1 in the regeneration turn: 'reencoded' = VQ(decode(codes)), as the released code and
+    SFT's Task III see it; 'sampled' = the sampled codes themselves."""
     image_logp: Literal["sampled", "cfg_divided"] = "sampled"
     """Image-token log-prob in the loss. 'sampled': log softmax of the CFG logits after top-k,
     temperature and top-p, the distribution the rollout drew from; the ratio's old log-probs are
@@ -271,7 +312,7 @@ class RLConfig:
     text_temperature: float = 1.0
     """Temperature of the forced Yes/No answer and the reason."""
     reason_tokens: int = 64
-    """Most evaluation tokens after the Yes/No word."""
+    """Most evaluation tokens after the Yes/No word (<EOS> included; released: 79, 80 with the answer)."""
     ref_refresh_every: int = 0
     """Copy the policy into the reference every N steps (0: never)."""
     ref_refresh_drop: float = 0.0
@@ -491,6 +532,10 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("filter.*_per_prompt must be >= 0 (0 = no cap)")
     if len(f.mix) != 3 or min(f.mix) < 0 or sum(f.mix) <= 0:
         raise ConfigError(f"filter.mix must be three non-negative weights (Task I, II, III), got {list(f.mix)}")
+    for name in ("target_generators", "judge_generators", "context_generators"):
+        gens = getattr(f, name)
+        if not gens or any(g not in ("flux", "janus") for g in gens):
+            raise ConfigError(f"filter.{name} must be a non-empty subset of [flux, janus], got {list(gens)}")
     if f.shard_bytes < 1 << 16 or f.vq_batch_size < 1:
         raise ConfigError("filter.shard_bytes must be >= 65536 and filter.vq_batch_size >= 1")
     t = cfg.sft
@@ -528,6 +573,13 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("rl.min_lr_ratio in [0, 1], reward_ema in [0, 1), refresh_lr_factor > 0, betas two values")
     if r.ref_refresh_every < 0 or r.ref_refresh_drop < 0:
         raise ConfigError("rl.ref_refresh_every and rl.ref_refresh_drop must be >= 0 (0 = off)")
+    if r.schedule == "released" and not (
+        r.warmup_steps <= r.convert_step and 0 <= r.min_lr_ratio <= 1 and 0 <= r.convert_lr_ratio <= 1
+    ):
+        raise ConfigError(
+            "rl.schedule 'released' needs warmup_steps <= convert_step and convert_lr_ratio in [0, 1]",
+            hint="the released code: warmup_steps 5, convert_step 30, convert_lr_ratio 1/3",
+        )
 
 
 def split_counts(cfg: SynthConfig) -> dict[str, int]:
