@@ -70,7 +70,8 @@ def write_manifests(root: Path, n_prompts: int, per_prompt: int, seed: int = 0) 
             "prompt_id": pid,
             "generator": generator,
             "score": score,
-            "reason": pl.Series(["Yes, the image shows what the prompt asks for."] * n),
+            # The judge's own answer follows its S at 0.5, so at threshold 0.8 'agree' drops 0.5 <= S < 0.8.
+            "reason": np.where(score >= 0.5, "Yes, the image shows what the prompt asks for.", "No, it does not."),
             "status": status,
         }
     ).with_columns(pl.col("score").fill_nan(None))

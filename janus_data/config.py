@@ -456,10 +456,24 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def resolve_presets(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A YAML file's mapping over the chain of presets it starts from (`preset: NAME`, which may have its own)."""
+    data = read_yaml(path)
+    base = data.pop("preset", None)
+    if base is None:
+        return data
+    if base not in preset_names():
+        raise ConfigError(f"{path}: unknown base preset '{base}'", hint=f"presets: {', '.join(preset_names())}")
+    if base in seen:
+        raise ConfigError(f"{path}: presets start from each other in a cycle ({' -> '.join([*seen, base])})")
+    return deep_merge(resolve_presets(PRESET_DIR / f"{base}.yaml", (*seen, base)), data)
+
+
 def load_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JanusRunConfig:
     """Resolve a preset name or YAML path (default: 'paper'), apply overrides, validate.
 
-    A YAML file may start from a preset with a top-level `preset: NAME` key.
+    A YAML file may start from a preset with a top-level `preset: NAME` key (`official` itself
+    starts from `paper`).
     """
     source = source or "paper"
     path = Path(source)
@@ -467,13 +481,7 @@ def load_config(source: str | Path | None = None, overrides: dict[str, Any] | No
         if source not in preset_names():
             raise ConfigError(f"unknown preset '{source}'", hint=f"presets: {', '.join(preset_names())}")
         path = PRESET_DIR / f"{source}.yaml"
-    data = read_yaml(path)
-    base = data.pop("preset", None)
-    if base is not None:
-        if base not in preset_names():
-            raise ConfigError(f"{path}: unknown base preset '{base}'", hint=f"presets: {', '.join(preset_names())}")
-        data = deep_merge(read_yaml(PRESET_DIR / f"{base}.yaml"), data)
-    data = deep_merge(data, overrides or {})
+    data = deep_merge(resolve_presets(path), overrides or {})
     cfg = from_dict(JanusRunConfig, data)
     validate(cfg)
     return cfg
@@ -573,6 +581,7 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("rl.min_lr_ratio in [0, 1], reward_ema in [0, 1), refresh_lr_factor > 0, betas two values")
     if r.ref_refresh_every < 0 or r.ref_refresh_drop < 0:
         raise ConfigError("rl.ref_refresh_every and rl.ref_refresh_drop must be >= 0 (0 = off)")
+    check_rl_logps(r)
     if r.schedule == "released" and not (
         r.warmup_steps <= r.convert_step and 0 <= r.min_lr_ratio <= 1 and 0 <= r.convert_lr_ratio <= 1
     ):
@@ -607,3 +616,14 @@ __all__ = [
     "validate",
     "with_overrides",
 ]
+
+
+def check_rl_logps(r: RLConfig) -> None:
+    """The answer's training log-prob must be over the distribution the ratio's old log-probs are over."""
+    if r.answer_logp == "full" and r.image_logp != "cfg_divided":
+        # 'sampled' takes the ratio's old log-probs from the rollout, which drew the answer from the
+        # two-way softmax: a full-vocabulary new log-prob over it would be no ratio of one distribution.
+        raise ConfigError(
+            "rl.answer_logp 'full' needs rl.image_logp 'cfg_divided' (old log-probs = the policy's own, ratio 1)",
+            hint="use answer_logp: two_way with image_logp: sampled, or both released settings",
+        )

@@ -42,7 +42,7 @@ from janus_data.storage import EXTENSIONS, read_image_bytes
 from janus_data.synth import IMAGE_SCHEMA
 from janus_data.wds import TarShardWriter
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: labels follow the judge's own answer (judge_labels), generator roles
 SFT_DIR = "sft"
 STATE_FILE = "state.json"
 PROGRESS_FILE = "progress.json"
@@ -91,6 +91,8 @@ class FilterResult:
     prompts: int = 0
     prompts_without_sample: int = 0
     prompts_without_pair: int = 0
+    judge_labels: str = "agree"
+    labels: dict[str, int] = field(default_factory=dict)
     tasks: dict[str, TaskStats] = field(default_factory=dict)
     mix: tuple[float, ...] = (0.2, 0.3, 0.5)
     vq_model: str = ""
@@ -179,21 +181,21 @@ def select_samples(run_dir: Path, fcfg: FilterConfig) -> Selection:
     pooled = pool(scores, images, prompts, fcfg).cache()
     plans = select_all(pooled, fcfg)
     status = scores.group_by("status").agg(pl.len().alias("n"))
-    per_prompt = pooled.group_by("prompt_id").agg(
-        pl.col("good").sum().alias("n_good"), (~pl.col("good")).sum().alias("n_bad")
-    )
-    frames = pl.collect_all([*plans.values(), status, per_prompt, prompts.select("prompt_id", "prompt")])
+    labels = pooled.group_by("label").agg(pl.len().alias("n"))
+    frames = pl.collect_all([*plans.values(), status, labels, prompts.select("prompt_id", "prompt")])
     samples = dict(zip(plans, frames[:3], strict=True))
-    status_counts = dict(frames[3].iter_rows())
-    per_prompt, prompt_text = frames[4], frames[5]
+    status_counts, label_counts = dict(frames[3].iter_rows()), dict(frames[4].iter_rows())
+    prompt_text = frames[5]
     n_prompts = prompt_text.height
-    with_pair = per_prompt.filter((pl.col("n_good") > 0) & (pl.col("n_bad") > 0)).height
     stats = {
-        "pool": int(per_prompt["n_good"].sum() + per_prompt["n_bad"].sum()),
+        "pool": int(sum(label_counts.values())),
         "excluded": {k: int(v) for k, v in sorted(status_counts.items()) if k != "ok"},
+        "labels": {
+            name: int(label_counts.get(key, 0)) for name, key in (("Yes", "Yes"), ("No", "No"), ("unlabelled", None))
+        },
         "prompts": int(n_prompts),
-        "prompts_without_sample": int(n_prompts - per_prompt.filter(pl.col("n_good") > 0).height),
-        "prompts_without_pair": int(n_prompts - with_pair),
+        "prompts_without_sample": int(n_prompts - samples["t2i"]["prompt_id"].n_unique()),
+        "prompts_without_pair": int(n_prompts - samples["regen"]["prompt_id"].n_unique()),
     }
     return Selection(samples, stats, prompt_text, images, scores)
 
@@ -367,7 +369,9 @@ def run_filter(
     run_dir = Path(run_dir)
     fcfg = cfg.filter
     require_manifests(run_dir)
-    result = FilterResult(run_dir, fcfg.threshold, mix=fcfg.mix, vq_model=cfg.synth.janus.model)
+    result = FilterResult(
+        run_dir, fcfg.threshold, mix=fcfg.mix, vq_model=cfg.synth.janus.model, judge_labels=fcfg.judge_labels
+    )
     result.fingerprint = fp = fingerprint(run_dir, cfg)
     final = run_dir / SFT_DIR
     state_path = final / STATE_FILE
@@ -388,7 +392,9 @@ def run_filter(
         setattr(result, key, value)
     if sum(df.height for df in samples.values()) == 0:
         raise FilterError(
-            f"no sample at threshold {fcfg.threshold}: none of {stats['pool']:,} usable scored images reaches it",
+            f"no sample at threshold {fcfg.threshold}: of {stats['pool']:,} usable scored images, "
+            f"{stats['labels']['Yes']:,} are labelled Yes and {stats['labels']['No']:,} No "
+            f"(filter.judge_labels: {fcfg.judge_labels})",
             hint="lower --threshold, or generate and score more images",
         )
     save_run_config(run_dir, cfg)

@@ -129,12 +129,14 @@ def filter_table(result: FilterResult) -> Table:
             names.get(task, task), f"{t.samples:,}", f"{t.shards:,}", f"{t.bytes / 1e6:,.1f}", f"{t.written_now:,}"
         )
     excluded = ", ".join(f"{n:,} {status}" for status, n in result.excluded.items()) or "none"
+    labels = ", ".join(f"{n:,} {name}" for name, n in result.labels.items()) or "-"
     budget, dry = result.mix_budget()
     mix = ":".join(f"{w:g}" for w in result.mix)
     table.caption = (
         f"pool: {result.pool:,} usable scored images (excluded: {excluded}) · {result.prompts:,} prompts, "
         f"{result.prompts_without_sample:,} without a good image, {result.prompts_without_pair:,} without a "
-        f"regeneration pair\nmix {mix}: {budget:,} samples before {dry or '-'} runs dry · wall {result.seconds:.1f} s\n"
+        f"regeneration pair\nlabels ({result.judge_labels}): {labels}\n"
+        f"mix {mix}: {budget:,} samples before {dry or '-'} runs dry · wall {result.seconds:.1f} s\n"
         f"shards: {result.run_dir / 'sft'}  manifest: {manifest_dir(result.run_dir, 'samples')}"
     )
     table.caption_justify = "left"

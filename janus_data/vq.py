@@ -57,17 +57,38 @@ class VQEncoder:
         """Load only the VQ tensors of checkpoint `model_ref`, or raise ModelError."""
         if fit not in FITS:
             raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
-        self.model_id = model_ref
+        self.trust_remote_code = trust_remote_code  # unused: Janus is a native transformers model
+        path = resolve_model(model_ref)
+        with loading("Janus-Pro VQ", model_ref, HINT):
+            vq_config = _load_config(path).vq_config
+            vqmodel = _load_vqmodel(path, vq_config, model_ref).to(device=device, dtype=dtype).eval()
+        self._attach(vqmodel, vq_config, model_ref, device, dtype, l2_norm, fit)
+
+    @classmethod
+    def from_module(
+        cls, vqmodel, vq_config, *, l2_norm: bool = True, fit: str = "pad", model_id: str = "module"
+    ) -> VQEncoder:
+        """An encoder on an already loaded JanusVQVAE (e.g. a policy's `model.model.vqmodel`), shared, not copied.
+
+        Its device and dtype are the module's; GRPO's regeneration context uses it so that the
+        rollout copy of the policy encodes with its own weights, and nothing is read from disk.
+        """
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {FITS}, got {fit!r}")
+        param = next(vqmodel.parameters())
+        encoder = cls.__new__(cls)
+        encoder.trust_remote_code = False
+        encoder._attach(vqmodel, vq_config, model_id, param.device, param.dtype, l2_norm, fit)
+        return encoder
+
+    def _attach(self, vqmodel, vq_config, model_id: str, device, dtype, l2_norm: bool, fit: str) -> None:
+        """Hold `vqmodel` and the geometry of its vq_config."""
+        self.model_id = model_id
         self.device = device
         self.dtype = dtype
         self.l2_norm = l2_norm
         self.fit = fit
-        self.trust_remote_code = trust_remote_code  # unused: Janus is a native transformers model
-        path = resolve_model(model_ref)
-        with loading("Janus-Pro VQ", model_ref, HINT):
-            config = _load_config(path)
-            vq_config = config.vq_config
-            self.vqmodel = _load_vqmodel(path, vq_config, model_ref).to(device=device, dtype=dtype).eval()
+        self.vqmodel = vqmodel
         self.grid = int(vq_config.num_patches)
         self.num_tokens = self.grid * self.grid
         self.image_size = self.grid * 2 ** (len(vq_config.channel_multiplier) - 1)

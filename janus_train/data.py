@@ -3,11 +3,14 @@
 `TaskMixer(sft_dir, mix)` reads `<sft_dir>/<task>/sft-*.tar` (what `janus data filter` writes,
 docs/filter.md) and yields `(task, decoded sample)` forever:
 
-- Task choice. Draw n picks a task in proportion to `mix` (the paper's 0.2 : 0.3 : 0.5 for
-  t2i : judge : regen) from a uniform number hashed from (seed, rank, n): counter-based, so the
-  choice needs no RNG state to resume, and ranks draw independently of each other (each rank's
-  batch follows the mix on its own, and a global batch is closer to the mix than if every rank
-  picked the same tasks). A task of weight 0 is never drawn and needs no shards.
+- Task choice. `mix_unit="sample"`: draw n picks a task in proportion to `mix` (the paper's
+  0.2 : 0.3 : 0.5 for t2i : judge : regen) from a uniform number hashed from (seed, rank, n):
+  counter-based, so the choice needs no RNG state to resume, and ranks draw independently of
+  each other (each rank's batch follows the mix on its own, and a global batch is closer to the
+  mix than if every rank picked the same tasks). `mix_unit="step"` (the released trainer,
+  trainer_t2i.py:137-140): draws n of step n // step_samples all take the task hashed from
+  (seed, step), the same on every rank, so a whole optimizer step is one task. A task of weight
+  0 is never drawn and needs no shards.
 - Per-task epochs. Each task's stream cycles through epochs. Epoch e of task t lists the task's
   shards, shuffles them with a seed hashed from (seed, t, e) (the same on every rank), splits
   them across ranks, streams the rank's samples through a shuffle buffer of `shuffle_buffer`
@@ -118,6 +121,8 @@ class TaskMixer:
         world_size: int = 1,
         shuffle_buffer: int = 1000,
         expected_vq_model: str | None = None,
+        mix_unit: str = "sample",
+        step_samples: int = 1,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise DataError(f"SFT data seed must be an integer, got {seed!r}")
@@ -125,6 +130,10 @@ class TaskMixer:
             raise DataError(f"rank {rank} must be in [0, world_size={world_size})")
         if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
             raise DataError(f"shuffle_buffer must be an integer >= 0, got {shuffle_buffer!r}")
+        if mix_unit not in ("sample", "step"):
+            raise DataError(f"mix_unit must be 'sample' or 'step', got {mix_unit!r}")
+        if isinstance(step_samples, bool) or not isinstance(step_samples, int) or step_samples < 1:
+            raise DataError(f"step_samples must be an integer >= 1, got {step_samples!r}")
         self.sft_dir = Path(sft_dir)
         self.mix = _normalise_mix(mix)
         self.seed = seed
@@ -132,6 +141,8 @@ class TaskMixer:
         self.world_size = world_size
         self.shuffle_buffer = shuffle_buffer
         self.expected_vq_model = expected_vq_model
+        self.mix_unit = mix_unit
+        self.step_samples = step_samples
         if not self.sft_dir.is_dir():
             raise DataError(f"SFT directory {self.sft_dir} does not exist", hint=FILTER_HINT)
         # tasks that can be drawn, in TASKS order (not the mix dict's order), with cumulative weights
@@ -254,8 +265,11 @@ class TaskMixer:
 
     def choose(self, draw: int) -> str:
         """The task of draw number `draw` on this rank (a pure function of seed, rank, draw and mix)."""
-        u = _uniform(self.seed, "mix", self.rank, draw) * self._cum[-1]
-        return self.tasks[min(bisect.bisect_right(self._cum, u), len(self.tasks) - 1)]
+        if self.mix_unit == "step":  # not the rank: every rank trains the step's one task
+            u = _uniform(self.seed, "mix-step", draw // self.step_samples)
+        else:
+            u = _uniform(self.seed, "mix", self.rank, draw)
+        return self.tasks[min(bisect.bisect_right(self._cum, u * self._cum[-1]), len(self.tasks) - 1)]
 
     def next_raw(self) -> tuple[str, dict[str, Any]]:
         """The next `(task, raw sample)`: members as bytes (`__key__`, `__shard__`, ext -> bytes), checked."""
@@ -282,7 +296,7 @@ class TaskMixer:
     # -- resume ----------------------------------------------------------------------------------
 
     def _fingerprint(self) -> dict[str, Any]:
-        return {
+        out = {
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
@@ -290,6 +304,9 @@ class TaskMixer:
             "mix": {t: self.mix[t] for t in self.tasks},
             "shards": {t: [[p.name, p.stat().st_size] for p in self._shards[t]] for t in self.tasks},
         }
+        if self.mix_unit == "step":  # only then: states saved before mix_unit existed still load
+            out.update(mix_unit=self.mix_unit, step_samples=self.step_samples)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable position: draws, each task's epoch and samples consumed in it, and a fingerprint."""
@@ -309,7 +326,8 @@ class TaskMixer:
         theirs = json.loads(json.dumps(state.get("fingerprint")))  # tuples -> lists, as after a JSON round trip
         ours = json.loads(json.dumps(self._fingerprint()))
         if theirs != ours:
-            diff = [k for k in ours if not isinstance(theirs, dict) or theirs.get(k) != ours[k]]
+            keys = sorted({*ours, *theirs}) if isinstance(theirs, dict) else list(ours)
+            diff = [k for k in keys if not isinstance(theirs, dict) or theirs.get(k) != ours.get(k)]
             raise DataError(f"SFT data state was saved with another {', '.join(diff) or 'config'}", hint=hint)
         tasks = state.get("tasks")
         draws = state.get("draws")

@@ -8,8 +8,9 @@ One step:
    per step (`rewards.JudgeScorer`: in process or LMDeploy servers); R1 = S(image 1),
    R2 = 1 - |S(image 1) - selfcheck|, R3 = S(final image), each normalised within its group;
 3. update: per-token log-probs of the three segments under the policy (with gradient) and the
-   frozen reference, the clipped surrogate + beta * k3 KL per segment, combined with the segment
-   weights (`grpo_math.grpo_loss`), in micro-batches whose losses sum to the step's loss.
+   frozen reference, the clipped surrogate + beta * k3 KL per segment, reduced per rollout then
+   over rollouts ('sequence') or over tokens ('token', `rl.loss_reduction`), combined with the
+   segment weights (`grpo_math.grpo_loss`), in micro-batches whose losses sum to the step's loss.
 
 Log-probs in the loss (`rl.image_logp`):
 - image tokens, 'sampled' (default): log softmax of the CFG logits after top-k, temperature and
@@ -17,12 +18,17 @@ Log-probs in the loss (`rl.image_logp`):
   rollout's own. 'cfg_divided': the released code's log softmax(CFG logits / w); the old
   log-probs are then the policy's own, detached, so the ratio is 1 at the update, as in the
   released code (one update per rollout batch);
-- the answer token: log softmax over the two words' first tokens (the forced answer's
-  distribution); reason tokens: log softmax(lm_head / text temperature). Tokens forced after the
-  answer's first token (a split "No") belong to no segment.
+- the answer token (`rl.answer_logp`): 'two_way' = log softmax over the two words' first tokens
+  (the forced answer's distribution); 'full' = log softmax(lm_head / text temperature) over the
+  whole vocabulary, as the released code trains it (janus-rl/src/open_r1/grpo_trainer_t2iv1.py:
+  366-395; needs 'cfg_divided', whose ratio is 1). Reason tokens: log softmax(lm_head / text
+  temperature). Tokens forced after the answer's first token (a split "No") belong to no segment,
+  nor does the reason's <EOS> with `rl.judge_eos` False.
+- image 2 is conditioned on `Rollouts.context1`, the very codes the rollout's prefix held
+  (`rl.regen_context`).
 
 Processes split the prompts; a group lives on one process, so advantages need no
-communication; token counts are summed over processes so the loss is the global batch's.
+communication; token and rollout counts are summed over processes so the loss is the global batch's.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import polars as pl
 import torch
 from PIL import Image
 
-from janus_data.config import JanusRunConfig, RLConfig, to_dict
+from janus_data.config import JanusRunConfig, RLConfig, check_rl_logps, to_dict
 from janus_data.errors import RunDirError
 from janus_data.generators.sampling import SamplerParams, cfg_logits, masked_scaled_logits
 from janus_data.models import resolve_device, resolve_model
@@ -109,6 +115,18 @@ def image_logprobs(cond: torch.Tensor, uncond: torch.Tensor, tokens: torch.Tenso
     return torch.log_softmax(scaled, dim=-1).gather(-1, flat).reshape(rows, n)
 
 
+def two_way_logprobs(scaled: torch.Tensor, targets: torch.Tensor, builder: SequenceBuilder) -> torch.Tensor:
+    """Log-prob of each target under the softmax over the first tokens of Yes and No: (K, V), (K,) -> (K,).
+
+    The forced answer's own distribution (rows whose target is neither word get No's; only the
+    answer position is read).
+    """
+    yes, no = answer_words(builder)
+    pair = torch.tensor([yes[0], no[0]], device=scaled.device)
+    two_way = torch.log_softmax(scaled[:, pair], dim=-1)
+    return torch.where(targets == pair[0], two_way[:, 0], two_way[:, 1])
+
+
 def _image_targets(model, samples, builder, n: int, image_processor) -> tuple[torch.Tensor, torch.Tensor]:
     """Generation-head logits at the image targets of 2R samples (R cond, then R uncond): (R, N, V) x2."""
     device = next(model.parameters()).device
@@ -155,10 +173,7 @@ def rollout_logprobs(
     scaled = model.lm_head(hidden[batch.text_labels != IGNORE]).float() / cfg.text_temperature
     targets = batch.text_labels[batch.text_labels != IGNORE]
     logp = torch.log_softmax(scaled, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
-    yes, no = answer_words(builder)
-    pair = torch.tensor([yes[0], no[0]], device=device)
-    two_way = torch.log_softmax(scaled[:, pair], dim=-1)  # the forced answer's distribution
-    answer_logp = torch.where(targets == pair[0], two_way[:, 0], two_way[:, 1])
+    answer_logp = logp if cfg.answer_logp == "full" else two_way_logprobs(scaled, targets, builder)
     start = 0
     for i, r in enumerate(rows):
         k = len(ro.judge_ids[r])
@@ -171,10 +186,11 @@ def rollout_logprobs(
         # Under FSDP every process must run the same forwards (each one gathers the shards): with
         # no No row, row 0 stands in and its zero-weighted logits join the graph, changing nothing.
         picks = redo or [0]
+        context = ro.context1[rows] if redo else tok1  # the codes the rollout's prefix held
         samples = [
             builder.regen(
                 prompts[i],
-                tok1[i].cpu().numpy(),
+                context[i].cpu().numpy(),
                 closed(ro.judge_ids[rows[i]], builder.eos_id),
                 (ro.image2[rows[i]] if redo else tok1[i]).cpu().numpy(),
                 drop=d,
@@ -190,11 +206,15 @@ def rollout_logprobs(
     return grid
 
 
-def segments_for(ro: Rollouts, rows: list[int], device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def segments_for(
+    ro: Rollouts, rows: list[int], device, eos_id: int | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The three segment masks over `rollout_logprobs`' grid, and the behaviour log-probs on it.
 
-    image1 = image 1's codes; judge = the evaluation's sampled tokens (forced ones excluded);
-    final = image 1's codes on rows that said Yes, image 2's on the others.
+    image1 = image 1's codes; judge = the evaluation's sampled tokens (forced ones excluded, and
+    the closing <EOS> when `eos_id` is given: rl.judge_eos False, as the released
+    janus-rl/src/open_r1/llama.py:222-224); final = image 1's codes on rows that said Yes, image
+    2's on the others.
     """
     n = ro.image1.shape[1]
     width = max(len(ro.judge_ids[r]) for r in rows)
@@ -213,6 +233,10 @@ def segments_for(ro: Rollouts, rows: list[int], device) -> tuple[dict[str, torch
         behaviour[i, n : n + len(ro.judge_logp[r])] = torch.tensor(ro.judge_logp[r], device=device)
     forced = torch.isnan(behaviour)
     masks["judge"] = masks["judge"] & ~forced
+    for i, r in enumerate(rows):
+        ids = ro.judge_ids[r]
+        if eos_id is not None and ids and ids[-1] == eos_id:
+            masks["judge"][i, n + len(ids) - 1] = False  # still context for image 2, without a loss
     return masks, torch.nan_to_num(behaviour, nan=0.0)
 
 
@@ -227,11 +251,23 @@ class GRPOLossModule(torch.nn.Module):
         self.cfg = cfg
 
     def forward(self, ro: Rollouts, rows, ref_logp, segments, advantages, counts, behaviour, lockstep=False):
-        logp = rollout_logprobs(self.model, self.builder, self.image_processor, ro, rows, self.cfg, lockstep)
-        old = logp.detach() if self.cfg.image_logp == "cfg_divided" else behaviour
-        weights = SegmentWeights(self.cfg.weight_image1, self.cfg.weight_judge, self.cfg.weight_final)
+        """The micro-batch `rows`' share of the step's loss; `counts`: {"tokens"|"sequences": {segment: global n}}."""
+        cfg = self.cfg
+        logp = rollout_logprobs(self.model, self.builder, self.image_processor, ro, rows, cfg, lockstep)
+        old = logp.detach() if cfg.image_logp == "cfg_divided" else behaviour
+        weights = SegmentWeights(cfg.weight_image1, cfg.weight_judge, cfg.weight_final)
         loss, stats = grpo_loss(
-            logp, old, ref_logp, segments, advantages, weights, self.cfg.beta, self.cfg.clip_eps, token_counts=counts
+            logp,
+            old,
+            ref_logp,
+            segments,
+            advantages,
+            weights,
+            cfg.beta,
+            cfg.clip_eps,
+            token_counts=counts["tokens"],
+            reduction=cfg.loss_reduction,
+            sequence_counts=counts["sequences"],
         )
         return loss + touch_trainable_heads(self.model), stats
 
@@ -243,6 +279,7 @@ class GRPOStep:
     """
 
     def __init__(self, policy, reference, builder: SequenceBuilder, image_processor, scorer, cfg: RLConfig, dist):
+        check_rl_logps(cfg)  # a config built without validate() (benchmarks) is checked here
         self.policy = policy
         self.reference = reference
         self.builder = builder
@@ -252,7 +289,7 @@ class GRPOStep:
         self.dist = dist
         self.device = next(policy.parameters()).device
         image = SamplerParams(cfg.cfg_weight, cfg.temperature, cfg.top_k, cfg.top_p)
-        params = RolloutParams(image, cfg.text_temperature, cfg.reason_tokens)
+        params = RolloutParams(image, cfg.text_temperature, cfg.reason_tokens, cfg.regen_context)
         dtype = {"auto": torch.bfloat16 if self.device.type == "cuda" else None, "float32": None}.get(
             cfg.rollout_dtype, torch.bfloat16
         )
@@ -314,11 +351,19 @@ class GRPOStep:
         self.policy.train()
         rows = list(range(len(ro)))
         chunks = [rows[i : i + cfg.micro_batch] for i in range(0, len(rows), cfg.micro_batch)]
-        masks = [segments_for(ro, c, self.device) for c in chunks]
-        counts = torch.tensor([[float(m[s].sum()) for s in SEGMENTS] for m, _ in masks]).sum(0)
+        eos_id = None if cfg.judge_eos else self.builder.eos_id
+        masks = [segments_for(ro, c, self.device, eos_id) for c in chunks]
+        # per segment: tokens, and rollouts with any token in it; summed over processes, so that
+        # every micro-batch divides by the global batch's counts
+        counts = torch.tensor(
+            [[[float(m[s].sum()), float(m[s].any(1).sum())] for s in SEGMENTS] for m, _ in masks]
+        ).sum(0)
         if dist.active:
             torch.distributed.all_reduce(counts)
-        global_counts = dict(zip(SEGMENTS, counts.tolist(), strict=True))
+        global_counts = {
+            "tokens": dict(zip(SEGMENTS, counts[:, 0].tolist(), strict=True)),
+            "sequences": dict(zip(SEGMENTS, counts[:, 1].tolist(), strict=True)),
+        }
         sums = {"loss": 0.0, "kl": 0.0, "kl_n": 0.0, "clip": 0.0, "clip_n": 0.0}
         for k, (chunk, (segs, behaviour)) in enumerate(zip(chunks, masks, strict=True)):
             adv = {s: a[chunk].to(self.device) for s, a in advantages.items()}
@@ -364,10 +409,16 @@ def step_prompts(prompts: pl.DataFrame, step: int, per_step: int, dist: Distribu
 
 
 def lr_lambda(cfg: RLConfig, state: RefState):
-    """Linear warm-up, then cosine or linear decay to min_lr_ratio; times the refresh lr scale."""
+    """LambdaLR's share of rl.lr after `step` updates: the `schedule`, times the refresh lr scale.
+
+    'cosine' / 'linear': warm-up (step + 1) / warmup_steps, then decay to min_lr_ratio at
+    max_steps; 'released': `released_lr_ratio`.
+    """
 
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
+        if cfg.schedule == "released":
+            base = released_lr_ratio(step, cfg)
+        elif step < cfg.warmup_steps:
             base = (step + 1) / cfg.warmup_steps
         else:
             progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
@@ -376,6 +427,26 @@ def lr_lambda(cfg: RLConfig, state: RefState):
         return base * state.lr_scale
 
     return f
+
+
+def released_lr_ratio(x: int, cfg: RLConfig) -> float:
+    """The released three-piece schedule at LambdaLR step x, as a share of rl.lr.
+
+    janus-rl/src/open_r1/grpo_trainer_t2iv1.py:70-88 (installed as a LambdaLR at :751-775): x / warmup
+    from 0 (the optimizer steps before the scheduler, so the first update uses lr 0), then linear to
+    convert_lr_ratio at convert_step, then linear to min_lr_ratio at max_steps. The last piece holds
+    min_lr_ratio past max_steps (a longer --max-steps), where the released line goes on down to a
+    negative lr, and is min_lr_ratio outright when max_steps <= convert_step (no division by zero).
+    """
+    warmup, convert, total = cfg.warmup_steps, cfg.convert_step, cfg.max_steps
+    if x < warmup:
+        return x / warmup
+    if x < convert:  # warmup < convert here: no division by zero
+        return 1.0 + (cfg.convert_lr_ratio - 1.0) * (x - warmup) / (convert - warmup)
+    if total <= convert:
+        return cfg.min_lr_ratio
+    progress = min(1.0, (x - convert) / (total - convert))
+    return cfg.convert_lr_ratio + (cfg.min_lr_ratio - cfg.convert_lr_ratio) * progress
 
 
 @dataclass
@@ -455,6 +526,7 @@ def run_rl(
     start_time = time.perf_counter()
     run_dir = Path(run_dir)
     rcfg = cfg.rl
+    check_rl_logps(rcfg)  # before the judge check and the model loads
     target = max_steps if max_steps is not None else rcfg.max_steps
     device = resolve_device(cfg.runtime)
     dist = init_distributed(device)
@@ -529,6 +601,7 @@ def run_rl(
             metrics = _step_metrics(rewards, s1, s2, ro, sums, dist)
             if not (math.isfinite(metrics["loss"]) and torch.isfinite(grad_norm)):
                 raise nan_error(step + 1, ckpt_root, "GRPO loss", "lower rl.lr or rl.beta")
+            lr_used = optimizer.param_groups[0]["lr"]  # this update's lr (the scheduler then moves to the next)
             optimizer.step()
             stepper.sync_actor()
             scheduler.step()
@@ -542,7 +615,7 @@ def run_rl(
             metrics.update(
                 {
                     "grad_norm": float(grad_norm),
-                    "lr": optimizer.param_groups[0]["lr"],
+                    "lr": lr_used,
                     "refreshes": ref_state.refreshes,
                     "time/rollout": t1 - t0,
                     "time/judge": t2 - t1,

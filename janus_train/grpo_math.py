@@ -11,9 +11,11 @@ rollouts, are applied to three token segments:
 Conventions:
 - Advantages: A = (R - group mean) / (group std + eps), std unbiased (torch.std default, as
   TRL does). A constant group, or G = 1, gives exactly 0.
-- Segment loss: per-token clipped surrogate + beta * k3 KL, masked mean over ALL the
-  segment's tokens in the batch (token-level: a long row weighs more than a short one).
-  A segment with no tokens has loss 0.
+- Segment loss: per-token clipped surrogate + beta * k3 KL, reduced by `reduction`:
+  'token' = the mean over ALL the segment's tokens in the batch (a long row weighs more than a
+  short one); 'sequence' = each row's mean over its own segment tokens, then the mean over the
+  rows that have any (the GRPO paper's 1/G sum 1/|o_i|; the released
+  janus-rl/src/open_r1/grpo_trainer_t2iv1.py:655). A segment with no tokens has loss 0.
 - Total: sum_s w_s * L_s / sum_s w_s over every segment given (empty ones included, as 0);
   equal weights = the released code's unweighted mean of the segment losses.
 - old_logp, ref_logp and the advantages are constants: detached inside, so gradients reach
@@ -24,10 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 
 SEGMENTS = ("image1", "judge", "final")
+REDUCTIONS = ("sequence", "token")
 
 
 @dataclass(frozen=True)
@@ -222,22 +226,28 @@ def grpo_loss(
     beta: float,
     eps: float = 0.2,
     token_counts: Mapping[str, float] | None = None,
+    reduction: Literal["sequence", "token"] = "token",
+    sequence_counts: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted GRPO loss over token segments: (B, T) log-probs, {s: (B, T) bool}, {s: (B,)} -> scalar, stats.
 
-    L_s = masked mean over segment s's tokens (all rows) of clipped_surrogate(A_s) + beta * k3_kl;
-    total = sum_s w_s L_s / sum_s w_s. Only positions inside some segment are read, so padding
+    With l = clipped_surrogate(A_s) + beta * k3_kl per token, L_s = the mean of l over segment s's
+    tokens of all rows ('token'), or sum_i (sum_t l_it / n_i) / (rows with n_i > 0), n_i = row i's
+    segment tokens ('sequence'); total = sum_s w_s L_s / sum_s w_s. Only positions inside some segment are read, so padding
     may hold anything (even NaN). stats: 0-dim detached float32 tensors (the caller picks when
     to .item() them, e.g. after an all-reduce): "loss", "loss/<segment>", "kl" (mean k3 over the union of the
     segments' tokens) and "clip_frac" (clipped (token, segment) terms / all terms, so a Yes-row
     image token counts once per segment it is in).
 
-    `token_counts` ({segment: tokens}) replaces each segment's own token count as the divisor: a
-    trainer that splits one batch into micro-batches (or over processes) passes the whole batch's
-    counts, so the micro-batch losses sum to the whole batch's loss.
+    `token_counts` ({segment: tokens}, read by 'token') and `sequence_counts` ({segment: rows with
+    tokens in it}, read by 'sequence') replace the batch's own counts as the divisor: a trainer
+    that splits one batch into micro-batches (or over processes) passes the whole batch's counts,
+    so the micro-batch losses sum to the whole batch's loss.
     """
     if isinstance(weights, SegmentWeights):
         weights = weights.as_dict()
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     _check_loss_inputs(logp, segments, advantages, weights)
     total = logp.new_zeros((), dtype=torch.float32)
     stats: dict[str, torch.Tensor] = {}
@@ -247,8 +257,15 @@ def grpo_loss(
         adv = advantages[s].detach().float()[:, None].expand(mask.shape)[mask]
         surrogate, clipped = clipped_surrogate(logp[mask], old_logp[mask], adv, eps)
         per_token = surrogate + beta * k3_kl(logp[mask], ref_logp[mask])
-        count = token_counts[s] if token_counts is not None else per_token.numel()
-        loss_s = per_token.sum() / max(count, 1)
+        if reduction == "sequence":
+            per_row = mask.sum(1)
+            # 1 / n_i on each of row i's tokens: the row's own mean, whatever its length
+            share = (1.0 / per_row.clamp(min=1).float())[:, None].expand(mask.shape)[mask]
+            count = sequence_counts[s] if sequence_counts is not None else int((per_row > 0).sum())
+            loss_s = (per_token * share).sum() / max(count, 1)
+        else:
+            count = token_counts[s] if token_counts is not None else per_token.numel()
+            loss_s = per_token.sum() / max(count, 1)
         total = total + weights[s] * loss_s
         stats[f"loss/{s}"] = loss_s.detach()
         n_clipped = n_clipped + clipped.sum()

@@ -10,9 +10,13 @@ One rollout of a prompt, in the released code's sequence formats (`sequences.py`
    first tokens only. If the word has more tokens (a tokenizer that splits "No"), they follow
    as forced context, outside the judgement segment. Then a free reason at the text
    temperature, without CFG, until <EOS> or `reason_tokens`;
-3. image 2, only if the answer was No: the Task-III prefix (image 1 re-embedded through the
-   GENERATION path, the evaluation, <EOS>, `\\nNext, I will draw a new image<begin_of_image>`)
-   and its unconditional twin (the first turn padded, as in SFT), through the same image loop.
+3. image 2, only if the answer was No: the Task-III prefix (image 1 through the GENERATION
+   path, the evaluation, <EOS>, `\\nNext, I will draw a new image<begin_of_image>`) and its
+   unconditional twin (the first turn padded, as in SFT), through the same image loop. Image 1
+   there is `regen_context`: 'reencoded' = VQ(decode(codes)), the codes of the image it shows,
+   as the released code (janus-rl/src/open_r1/llama.py:138-144, :238-252), SFT's Task III and
+   inference see it, quantized by the policy's own VQ (`janus_data.vq.VQEncoder.from_module`);
+   'sampled' = the sampled codes themselves. `Rollouts.context1` keeps them for the update.
 
 Every random draw is counter-based on a per-rollout seed, so a rollout depends only on its
 seed and the weights, never on its batch. Behaviour log-probs are those of the distributions
@@ -23,6 +27,7 @@ two-word softmax for the answer, softmax(logits / T) for the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,6 +36,7 @@ from PIL import Image
 from janus_data.generators.fast_loop import ImageTokenLoop
 from janus_data.generators.janus_loop import decode_image_tokens
 from janus_data.generators.sampling import SamplerParams, counter_uniform
+from janus_data.vq import VQEncoder
 from janus_train.losses import batch_embeds, collate
 from janus_train.sequences import SequenceBuilder
 
@@ -44,14 +50,17 @@ class RolloutParams:
     text_temperature: float = 1.0
     """Temperature of the Yes/No answer and the reason (no CFG)."""
     reason_tokens: int = 64
-    """Most tokens of the evaluation after the answer word (the reason is cut there)."""
+    """Most tokens of the evaluation after the answer word, <EOS> included (the reason is cut there)."""
+    regen_context: Literal["reencoded", "sampled"] = "reencoded"
+    """Image 1 in the regeneration prefix: VQ(decode(codes)) or the sampled codes."""
 
 
 @dataclass
 class Rollouts:
     """B rollouts (row i: prompts[i], seeds[i]). Image tensors are (B, N); image 2 rows where the
     model said Yes hold zeros and are never read. judge_ids[i] are the evaluation's tokens (answer
-    word, reason, <EOS> if reached); judge_logp[i] their behaviour log-probs, NaN on forced tokens."""
+    word, reason, <EOS> if reached); judge_logp[i] their behaviour log-probs, NaN on forced tokens.
+    context1 (B, N): the image-1 codes the regeneration prefix conditioned on (zeros on Yes rows)."""
 
     prompts: list[str]
     seeds: list[int]
@@ -64,6 +73,7 @@ class Rollouts:
     image2_logp: torch.Tensor
     pixels1: np.ndarray
     pixels2: np.ndarray  # (B, H, W, 3); rows that said Yes are zeros
+    context1: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -114,6 +124,8 @@ class RolloutEngine:
         self.device = next(model.parameters()).device
         self.num_image_tokens = int(model.config.vq_config.num_patches) ** 2
         self.yes_ids, self.no_ids = answer_words(builder)
+        # The policy's own VQ, shared: the rollout copy (bf16 on CUDA) encodes with its weights.
+        self.vq = VQEncoder.from_module(model.model.vqmodel, model.config.vq_config, model_id="policy")
 
     @torch.no_grad()
     def run(self, prompts: list[str], seeds: list[int]) -> Rollouts:
@@ -127,9 +139,13 @@ class RolloutEngine:
         lp2 = torch.zeros(b, n, dtype=torch.float32, device=self.device)
         pixels2 = np.zeros_like(pixels1)
         redo = [i for i in range(b) if not said_yes[i]]
+        context1 = torch.zeros_like(tok1)
         if redo:
+            context1[redo] = self._context(tok1[redo], pixels1[redo])
             prefixes = [
-                self.builder.regen(prompts[i], tok1[i].cpu().numpy(), closed(judge_ids[i], self.builder.eos_id), drop=d)
+                self.builder.regen(
+                    prompts[i], context1[i].cpu().numpy(), closed(judge_ids[i], self.builder.eos_id), drop=d
+                )
                 for d in (False, True)
                 for i in redo
             ]
@@ -148,7 +164,15 @@ class RolloutEngine:
             image2_logp=lp2.clone(),
             pixels1=pixels1,
             pixels2=pixels2,
+            context1=context1,
         )
+
+    def _context(self, codes: torch.Tensor, pixels: np.ndarray) -> torch.Tensor:
+        """Image-1 codes of the regeneration prefix: (R, N) codes, (R, H, W, 3) their decode -> (R, N)."""
+        if self.params.regen_context == "sampled":
+            return codes
+        reencoded = self.vq.encode([Image.fromarray(a) for a in pixels])
+        return torch.from_numpy(reencoded).to(codes)
 
     def _images(self, prefixes, seeds: list[int], stage: int) -> tuple[torch.Tensor, torch.Tensor]:
         """CFG image tokens for 2B prefixes (B conditional, then their B unconditional twins)."""
@@ -205,6 +229,10 @@ class RolloutEngine:
                     ids[r].append(token[r])
                     logps[r].append(logp[r])
                     done[r] = token[r] == self.builder.eos_id
+                # reason_tokens counts after the row's own word: a 1-token Yes gets no extra token
+                # when "No" takes 2 (released: 80 positions with the answer, llama.py:82)
+                word = self.yes_ids if said_yes[r] else self.no_ids
+                done[r] = done[r] or len(ids[r]) >= len(word) + self.params.reason_tokens
             if all(done):
                 break
             next_ids = torch.tensor(token, device=self.device)[:, None]

@@ -2,9 +2,13 @@
 
 One optimizer step draws `batch_size x grad_accum x world_size` samples from one global task
 mixer (every process runs the same mixer and builds only its own slice), so N processes train
-exactly what one process with the same global batch trains. Each sample's loss is the mean over
-its own targets; a step's loss is the mean over the global batch's samples, so every sample
-counts the same whatever its length or task.
+exactly what one process with the same global batch trains. `sft.mix_unit` draws a task per
+sample or one task per step (the released trainer). `sft.loss_reduction`:
+- 'sample': each sample's loss is the mean over its own targets; a step's loss is the mean over
+  the global batch's samples, so every sample counts the same whatever its length or task;
+- 'batch' (the released code): each micro-batch's loss pools each task's targets token-level
+  over one process's micro-batch (losses.forward_losses); a step's loss is the mean of those
+  over micro-steps and processes, so it depends on how the global batch is split.
 
 Trainable (PAPER.md): the language model and its head, the generation embedding, aligner and
 head, the understanding aligner. Frozen: SigLIP and the VQ model.
@@ -189,6 +193,8 @@ def run_sft(
         seed=scfg.seed,
         shuffle_buffer=scfg.shuffle_buffer,
         expected_vq_model=cfg.synth.janus.model,
+        mix_unit=scfg.mix_unit,
+        step_samples=scfg.batch_size * dist.world_size * scfg.grad_accum,
     )
     step = 0
     if ckpt is not None:
@@ -217,18 +223,12 @@ def run_sft(
                 drawn = [mixer.next_raw() for _ in range(global_batch)]  # every process: the same global draw
                 mine = [(t, decode_sample(raw)) for t, raw in drawn[dist.rank * scfg.batch_size :][: scfg.batch_size]]
                 rngs = [sample_rng(scfg.seed, first + i) for i in range(len(mine))]
-                last = micro == scfg.grad_accum - 1
-                per_sample, tasks = stepper.forward(mine, rngs, sync=last)
-                # DDP averages gradients over processes: scaled so the step's gradient is that of
-                # the mean sample loss over the global batch of all micro-steps.
-                scale = dist.world_size / (global_batch * scfg.grad_accum)
-                stepper.backward(per_sample.sum() * scale)
-                for task, value in zip(tasks, per_sample.detach().tolist(), strict=True):
-                    step_losses[task].append(value)
+                micro_step(stepper, mine, rngs, micro == scfg.grad_accum - 1, scfg, step_losses)
             grad_norm = stepper.clip(params, scfg.grad_clip)
             losses = _global_task_means(step_losses, dist)  # the same on every process
             if not (math.isfinite(losses["total"]) and torch.isfinite(grad_norm)):
                 raise nan_error(step + 1, ckpt_root)  # before the update: the weights stay good
+            lr = optimizer.param_groups[0]["lr"]  # this update's lr (the scheduler then moves to the next)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -238,7 +238,6 @@ def run_sft(
             result.samples += global_batch * scfg.grad_accum
             bars.update(bar, completed=step, description=_describe(losses))
             if dist.rank == 0 and (step % scfg.log_every == 0 or step == target):
-                lr = scheduler.get_last_lr()[0]
                 _log(metrics_path, step, losses, lr, float(grad_norm), t0, global_batch * scfg.grad_accum)
                 if board is not None:
                     for name, value in {**{f"loss/{k}": v for k, v in losses.items()}, "lr": lr}.items():
@@ -261,6 +260,26 @@ def run_sft(
     result.end_step = step
     result.seconds = time.perf_counter() - start_time
     return result
+
+
+def micro_step(
+    stepper, samples: list, rngs: list[random.Random], sync: bool, scfg: SFTConfig, step_losses: dict
+) -> None:
+    """Forward + backward of this process's micro-batch; its losses are appended to `step_losses`.
+
+    DDP and FSDP average gradients over processes, so both reductions are scaled to give the
+    step's gradient of the config's loss: 'sample' the mean sample loss over the global batch
+    of all micro-steps, 'batch' the mean micro-batch loss over micro-steps and processes.
+    """
+    losses, tasks = stepper.forward(samples, rngs, sync=sync)
+    if scfg.loss_reduction == "batch":
+        stepper.backward(losses["total"] / scfg.grad_accum)
+        for name, value in losses.items():
+            step_losses.setdefault(name, []).append(float(value.detach()))
+        return
+    stepper.backward(losses.sum() / (len(samples) * scfg.grad_accum))
+    for task, value in zip(tasks, losses.detach().tolist(), strict=True):
+        step_losses[task].append(value)
 
 
 def save_on_rank0(
@@ -289,13 +308,21 @@ def nan_error(
 
 
 def _global_task_means(step_losses: dict[str, list[float]], dist: Distributed) -> dict[str, float]:
-    """Per-task mean sample loss over the whole global batch (all ranks)."""
-    sums = torch.tensor([[sum(v), len(v)] for v in step_losses.values()], dtype=torch.float64)
+    """Each task's mean loss value over the whole global batch (all ranks), and the step's "total".
+
+    Values are per sample ('sample') or per micro-batch ('batch', which also logs its "total");
+    without a logged "total" it is the mean over all samples.
+    """
+    names = [*TASKS, "total"]
+    sums = torch.tensor(
+        [[sum(step_losses.get(k, [])), len(step_losses.get(k, []))] for k in names], dtype=torch.float64
+    )
     if dist.active:
         torch.distributed.all_reduce(sums)
-    out = {t: float(s / n) for t, (s, n) in zip(step_losses, sums.tolist(), strict=True) if n > 0}
-    total_n = float(sums[:, 1].sum())
-    out["total"] = float(sums[:, 0].sum() / total_n) if total_n else float("nan")
+    out = {t: float(s / n) for t, (s, n) in zip(names, sums.tolist(), strict=True) if n > 0}
+    if "total" not in out:
+        total_n = float(sums[: len(TASKS), 1].sum())
+        out["total"] = float(sums[: len(TASKS), 0].sum() / total_n) if total_n else float("nan")
     return out
 
 

@@ -1,4 +1,8 @@
-"""One SFT micro-step: decoded samples -> Janus sequences -> per-sample losses -> gradients.
+"""One SFT micro-step: decoded samples -> Janus sequences -> losses -> gradients.
+
+`sft.loss_reduction` picks the losses: 'sample' gives each sample's loss over its own targets
+(B,); 'batch' (the released code, modeling_vlm.py:294-305) gives each task's token-level
+loss pooled over the micro-batch and their sample-share-weighted "total" (losses.forward_losses).
 
 The loss is computed inside `LossModule.forward`, so under a parallel wrapper the whole
 computation goes through it:
@@ -20,7 +24,7 @@ import random
 import torch
 
 from janus_data.config import SFTConfig
-from janus_train.losses import collate, per_sample_losses
+from janus_train.losses import collate, forward_losses, per_sample_losses
 from janus_train.sequences import SequenceBuilder
 
 
@@ -107,13 +111,20 @@ def load_optimizer_state(module: torch.nn.Module, optimizer, state: dict) -> Non
 class LossModule(torch.nn.Module):
     """Wraps the Janus model so that DDP's forward is the loss computation."""
 
-    def __init__(self, model, image_processor, text_reduction: str):
+    def __init__(self, model, image_processor, text_reduction: str, loss_reduction: str = "sample"):
         super().__init__()
+        if loss_reduction not in ("sample", "batch"):
+            raise ValueError(f"loss_reduction must be 'sample' or 'batch', got {loss_reduction!r}")
         self.model = model
         self.image_processor = image_processor
         self.text_reduction = text_reduction
+        self.loss_reduction = loss_reduction
 
     def forward(self, batch):
+        """Per-sample losses (B,) ('sample'), or {task: loss, "total": loss} of the micro-batch ('batch')."""
+        if self.loss_reduction == "batch":
+            losses = forward_losses(self.model, batch, self.image_processor, self.text_reduction)
+            return {**losses, "total": losses["total"] + touch_trainable_heads(self.model)}
         losses = per_sample_losses(self.model, batch, self.image_processor, self.text_reduction)
         return losses + touch_trainable_heads(self.model)
 
@@ -137,7 +148,7 @@ class SFTStep:
         )
         self.pad_id = tokenizer.pad_token_id
         self.image_processor = image_processor
-        self.module = LossModule(model, image_processor, cfg.text_reduction)
+        self.module = LossModule(model, image_processor, cfg.text_reduction, cfg.loss_reduction)
         self.wrapped = wrap_parallel(self.module, model, parallel, device)
         cuda = device.type == "cuda"
         # FSDP2's policy casts parameters itself; otherwise autocast does on GPU.
@@ -150,7 +161,7 @@ class SFTStep:
         return [p for p in self.module.parameters() if p.requires_grad]
 
     def forward(self, samples: list[tuple[str, dict]], rngs: list[random.Random], sync: bool):
-        """Per-sample losses (B,) of the decoded samples and their tasks; call `backward` next.
+        """The decoded samples' losses (LossModule.forward, in fp32) and their tasks; call `backward` next.
 
         `sync=False` (all but the last micro-batch of a step) skips the gradient reduction.
         """
@@ -160,6 +171,8 @@ class SFTStep:
         self._context.__enter__()
         with self.autocast:
             losses = self.wrapped(batch)
+        if isinstance(losses, dict):
+            return {name: value.float() for name, value in losses.items()}, batch.tasks
         return losses.float(), batch.tasks
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -171,6 +171,28 @@ def test_shell_completion(words, cword, expected):
     assert set(out.stdout.split()) == expected, out.stderr
 
 
+def check_demo_samples(run: Path) -> None:
+    """No Task II/III target reason starts with the opposite of its label; every Task III context is VQ(stored image)."""
+    import re
+
+    import numpy as np
+    import torch
+
+    from janus_data.vq import VQEncoder
+    from janus_data.wds import decode_sample, iter_samples, list_shards
+
+    vq = VQEncoder("tiny:janus", torch.device("cpu"), torch.float32)
+    for task in ("judge", "regen"):
+        samples = [decode_sample(s) for s in iter_samples(list_shards(run / "sft" / task))]
+        assert samples, task
+        for s in samples:
+            label = s["json"]["label"]
+            first = re.findall(r"\w+", s["json"]["reason"])[0]
+            assert first.lower() == label.lower(), (task, label, s["json"]["reason"])
+            if task == "regen":
+                assert np.array_equal(vq.encode([s["bad.png"]])[0], s["bad.npy"]), s["__key__"]
+
+
 def test_demo_runs_end_to_end(tmp_path, janus_cache):
     res = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
     assert res.exit_code == 0, res.output
@@ -178,6 +200,7 @@ def test_demo_runs_end_to_end(tmp_path, janus_cache):
     assert (tmp_path / "demo" / "contact_sheet.png").is_file()
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
     assert (tmp_path / "demo" / "checkpoints" / "rl" / "step-000004").is_dir()
+    check_demo_samples(tmp_path / "demo")
     again = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
     assert again.exit_code == 0
     for stage in ("synth", "score", "filter", "sft", "rl"):

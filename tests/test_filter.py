@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +70,22 @@ def images_of(run: Path) -> dict[str, dict]:
     return {r["image_id"]: r for r in df.iter_rows(named=True)}
 
 
+def labelled(score_row: dict, threshold: float = THRESHOLD) -> str | None:
+    """The 'agree' label of a score row, from S and the first word of its reason (the rule, restated)."""
+    words = re.findall(r"\w+", score_row["reason"] or "")
+    answer = words[0].lower() if words else ("yes" if score_row["score"] >= threshold else "no")
+    good = score_row["score"] >= threshold
+    return "Yes" if good and answer == "yes" else "No" if not good and answer == "no" else None
+
+
+def assert_reason_is_the_judges(rec: dict, judged: str) -> None:
+    """The target reason is the judge's own, its first word's case normalised: never the opposite answer."""
+    opposite = {"Yes": "No", "No": "Yes"}[rec["label"]]
+    first = re.findall(r"\w+", rec["reason"])[0]
+    assert first == rec["label"] and first.lower() != opposite.lower(), rec
+    assert rec["reason"].lower() == judged.lstrip(" .,!?*-").lower() or (not judged and rec["reason"] == first + ".")
+
+
 def task_samples(run: Path, task: str) -> list[dict]:
     return [decode_sample(s) for s in iter_samples(list_shards(run / "sft" / task))]
 
@@ -95,13 +112,13 @@ def test_t2i_samples_obey_the_rule(built):
         rec = s["json"]
         (image_id,) = rec["image_ids"]
         assert rec["task"] == "t2i" and rec["prompt_id"] == images[image_id]["prompt_id"]
-        assert scores[image_id]["score"] >= THRESHOLD and rec["scores"] == [scores[image_id]["score"]]
+        assert labelled(scores[image_id]) == "Yes" and rec["scores"] == [scores[image_id]["score"]]
         assert set(s) >= {"json", "image.png", "image.npy"}
         assert s["image.npy"].shape == (16,) and s["image.npy"].dtype == np.int32
         per_prompt[rec["prompt_id"]] += 1
     assert max(per_prompt.values()) <= CAPS["t2i_per_prompt"]
-    # every good image of a prompt with fewer good images than the cap is used
-    goods = Counter(images[i]["prompt_id"] for i, r in scores.items() if r["score"] >= THRESHOLD)
+    # every good image (S >= threshold, the reason answers yes) of a prompt with fewer than the cap is used
+    goods = Counter(images[i]["prompt_id"] for i, r in scores.items() if labelled(r) == "Yes")
     assert all(per_prompt[p] == min(n, CAPS["t2i_per_prompt"]) for p, n in goods.items())
 
 
@@ -114,9 +131,8 @@ def test_judge_samples_are_balanced_and_labelled(built):
     for s in samples:
         rec = s["json"]
         (image_id,) = rec["image_ids"]
-        good = scores[image_id]["score"] >= THRESHOLD
-        assert rec["label"] == ("Yes" if good else "No")
-        assert rec["reason"].startswith(rec["label"] + ".")
+        assert rec["label"] == labelled(scores[image_id])  # 'agree': S and the judge's own answer agree
+        assert_reason_is_the_judges(rec, scores[image_id]["reason"])
         assert set(s) == {"__key__", "__shard__", "json", "image.png"}  # no codes: read through SigLIP
 
 
@@ -131,13 +147,16 @@ def test_regen_pairs_share_a_prompt_and_order(built):
         assert images[bad]["prompt_id"] == images[good]["prompt_id"] == rec["prompt_id"]
         s_bad, s_good = scores[bad]["score"], scores[good]["score"]
         assert s_bad < THRESHOLD <= s_good and s_good > s_bad and rec["scores"] == [s_bad, s_good]
-        assert rec["label"] == "No" and rec["reason"].startswith("No.")
+        assert labelled(scores[bad]) == "No" and labelled(scores[good]) == "Yes"
+        assert rec["label"] == "No"
+        assert_reason_is_the_judges(rec, scores[bad]["reason"])
         assert s["bad.npy"].shape == s["good.npy"].shape == (16,)
     per_prompt = Counter(s["json"]["prompt_id"] for s in samples)
     assert max(per_prompt.values()) <= CAPS["regen_per_prompt"]
 
 
 def test_vq_codes_equal_encoding_the_stored_image_again(built):
+    """Every image's codes are VQ(stored image): for a Janus image VQ(decode(its sampled codes)), as SFT sees it."""
     run, _ = built
     vq = VQEncoder("tiny:janus", torch.device("cpu"), torch.float32)
     for task, roles in (("t2i", ("image",)), ("regen", ("bad", "good"))):
@@ -145,6 +164,9 @@ def test_vq_codes_equal_encoding_the_stored_image_again(built):
             for role in roles:
                 again = vq.encode([s[f"{role}.png"]])[0]
                 assert np.array_equal(again, s[f"{role}.npy"]), (task, s["__key__"], role)
+    # Janus bad images are regeneration contexts too (the released code's key mismatch drops them all).
+    contexts = Counter(s["json"]["generators"][0] for s in task_samples(run, "regen"))
+    assert contexts["janus"] > 0, contexts
 
 
 def test_image_bytes_are_the_stored_bytes(built):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -9,22 +10,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoImageProcessor, JanusForConditionalGeneration
 from typer.testing import CliRunner
 
 from cli import app
 from janus_data.config import load_config, with_overrides
+from janus_data.errors import ConfigError
 from janus_data.generators.sampling import SamplerParams
 from janus_data.judge.hf import HFJudge
 from janus_data.judge.server import JudgeServer
 from janus_data.judge.types import JudgeResult
 from janus_data.prompts import load_prompts, write_prompts_manifest
+from janus_data.vq import VQEncoder
 from janus_train.grpo import rollout_logprobs, rollout_rewards, run_rl, segments_for
 from janus_train.grpo_math import group_advantages
+from janus_train.losses import collate, hidden_states
 from janus_train.rewards import CodebookShareScorer, JudgeScorer, RewardError
-from janus_train.rollout import RolloutEngine, RolloutParams, answer_words
-from janus_train.sequences import SequenceBuilder
+from janus_train.rollout import RolloutEngine, RolloutParams, Rollouts, answer_words
+from janus_train.sequences import IGNORE, SequenceBuilder
 from janus_train.sft import FROZEN, module_of
 
 PROMPTS = ["a red cube", "two birds on a tree", "a cat on a sofa", "a blue car", "three green apples"]
@@ -66,7 +71,8 @@ def metrics(run: Path) -> list[dict]:
 
 def rollouts(parts, rl, prompts=PROMPTS[:3], seeds=(11, 12, 13)):
     model, builder, processor = parts
-    params = RolloutParams(SamplerParams(rl.cfg_weight, rl.temperature, rl.top_k, rl.top_p), rl.text_temperature, 6)
+    image = SamplerParams(rl.cfg_weight, rl.temperature, rl.top_k, rl.top_p)
+    params = RolloutParams(image, rl.text_temperature, 6, rl.regen_context)
     return RolloutEngine(model, builder, processor, params).run(list(prompts), list(seeds))
 
 
@@ -76,10 +82,13 @@ def test_rollout_structure_and_determinism(parts):
     yes, no = answer_words(builder)
     said = ro.said_yes.tolist()
     assert 0 < sum(said) < len(said)  # both branches occur
+    assert len(yes) != len(no)  # the tiny tokenizer splits "No": the cap must count per word
     for i, ids in enumerate(ro.judge_ids):
         assert ids[0] == (yes[0] if said[i] else no[0])
-        assert len(ids) <= max(len(yes), len(no)) + 6
         word = yes if said[i] else no
+        # reason_tokens (6) counts after the row's own word; the tiny model never says <EOS>, so
+        # every reason is cut at the cap
+        assert len(ids) == len(word) + 6 and builder.eos_id not in ids
         assert ids[: len(word)] == word  # the forced word, whole
         assert all(np.isnan(ro.judge_logp[i][k]) for k in range(1, len(word)))  # forced: no log-prob
         assert ro.judge_logp[i][0] <= 0 and not np.isnan(ro.judge_logp[i][0])
@@ -127,6 +136,123 @@ def test_segments_cover_image1_the_sampled_evaluation_and_the_final_image(parts)
         assert bool((seg["final"][i] == seg["image1"][i]).all()) == bool(ro.said_yes[i])
         sampled = sum(not np.isnan(v) for v in ro.judge_logp[i])
         assert int(seg["judge"][i].sum()) == sampled
+
+
+def hand_rollouts(eos: int, yes: list[int], no: list[int], n: int = 2) -> Rollouts:
+    """Three rollouts of N = 2 codes: Yes + reason + <EOS>; No (split) + reason + <EOS>; Yes + a reason cut at the cap."""
+    judge_ids = [[*yes, 7, 8, eos], [*no, 9, eos], [*yes, 7, 8, 9]]
+    # behaviour log-probs: the answer's first token, NaN on a split word's forced tokens, the reason
+    logp = lambda word, k: [-0.1] + [float("nan")] * (len(word) - 1) + [-0.2] * k  # noqa: E731
+    judge_logp = [logp(yes, 3), logp(no, 2), logp(yes, 3)]
+    zeros = torch.zeros(3, n)
+    return Rollouts(
+        prompts=["a", "b", "c"],
+        seeds=[0, 1, 2],
+        image1=torch.ones(3, n, dtype=torch.long),
+        image1_logp=zeros - 0.2,
+        said_yes=torch.tensor([True, False, True]),
+        judge_ids=judge_ids,
+        judge_logp=judge_logp,
+        image2=torch.ones(3, n, dtype=torch.long),
+        image2_logp=zeros - 0.3,
+        pixels1=np.zeros((3, 4, 4, 3), np.uint8),
+        pixels2=np.zeros((3, 4, 4, 3), np.uint8),
+        context1=torch.zeros(3, n, dtype=torch.long),
+    )
+
+
+def test_judge_segment_keeps_or_leaves_out_the_eos(parts):
+    """rl.judge_eos: the reason's <EOS> is trained (True) or only context (False, released llama.py:222-224)."""
+    _, builder, _ = parts
+    yes, no = answer_words(builder)
+    ro = hand_rollouts(builder.eos_id, yes, no)
+    n, rows = 2, [0, 1, 2]
+    width = max(len(ids) for ids in ro.judge_ids)
+    with_eos, behaviour = segments_for(ro, rows, "cpu")
+    without, same = segments_for(ro, rows, "cpu", eos_id=builder.eos_id)
+    assert torch.equal(behaviour, same)
+    for i, ids in enumerate(ro.judge_ids):
+        word = yes if i != 1 else no
+        sampled = [n] + [n + k for k in range(len(word), len(ids))]  # the answer's first token, then the reason
+        assert torch.nonzero(with_eos["judge"][i]).flatten().tolist() == sampled
+        kept = sampled[:-1] if ids[-1] == builder.eos_id else sampled  # a reason cut at the cap keeps all
+        assert torch.nonzero(without["judge"][i]).flatten().tolist() == kept
+        assert not without["judge"][i, n + len(ids) : n + width].any()  # padding never
+    assert without["judge"][2].sum() == with_eos["judge"][2].sum() == 4
+    for s in ("image1", "final"):
+        assert torch.equal(with_eos[s], without[s])
+
+
+@pytest.mark.parametrize("text_temperature", [1.0, 0.7])
+def test_answer_logprob_two_way_or_full_vocabulary(parts, text_temperature):
+    """rl.answer_logp: the answer's training log-prob, by hand from the lm_head logits at its position."""
+    model, builder, processor = parts
+    rl = cfg(text_temperature=text_temperature).rl
+    ro = rollouts(parts, rl, PROMPTS[:4], range(40, 44))
+    rows = list(range(len(ro)))
+    n = ro.image1.shape[1]
+    yes, no = answer_words(builder)
+    with torch.no_grad():
+        two_way = rollout_logprobs(model, builder, processor, ro, rows, rl)
+        # replace(), not cfg(): validate() refuses 'full' with 'sampled' for training, not for this probe.
+        full = rollout_logprobs(model, builder, processor, ro, rows, dataclasses.replace(rl, answer_logp="full"))
+        samples = [builder.judge(ro.prompts[r], Image.fromarray(ro.pixels1[r]), ro.judge_ids[r]) for r in rows]
+        batch = collate(samples, builder.pad_id, processor)
+        hidden = hidden_states(model, batch, processor)
+    for i, r in enumerate(rows):
+        pos = int(torch.nonzero(batch.text_labels[i] != IGNORE)[0])  # the answer's target position
+        logits = model.lm_head(hidden[i, pos]).detach().double() / text_temperature
+        answer = ro.judge_ids[r][0]
+        expect_full = logits[answer] - torch.logsumexp(logits, 0)
+        pair = logits[[yes[0], no[0]]]
+        expect_two = logits[answer] - torch.logsumexp(pair, 0)
+        assert float(full[i, n]) == pytest.approx(float(expect_full), abs=2e-5)
+        assert float(two_way[i, n]) == pytest.approx(float(expect_two), abs=2e-5)
+        assert float(two_way[i, n]) == pytest.approx(ro.judge_logp[r][0], abs=2e-5)  # the rollout's behaviour
+        assert float(full[i, n]) < float(two_way[i, n])  # the full softmax spreads mass over every word
+        torch.testing.assert_close(full[i, n + 1 :], two_way[i, n + 1 :])  # the other tokens are unchanged
+
+
+def test_answer_logp_full_needs_cfg_divided(run, tiny_janus):
+    with pytest.raises(ConfigError, match=r"answer_logp 'full' needs rl\.image_logp 'cfg_divided'"):
+        run_rl(run, cfg(answer_logp="full"), init=str(tiny_janus), progress=False)
+    assert not (run / "checkpoints/rl").exists()
+
+
+@pytest.mark.parametrize("regen_context", ["reencoded", "sampled"])
+def test_regeneration_context(parts, tiny_janus, monkeypatch, regen_context):
+    """rl.regen_context: image 1 in the regeneration prefix, at the rollout and at the update."""
+    model, builder, processor = parts
+    seen = []
+    original = builder.regen
+
+    def spy(prompt, bad_codes, *args, **kwargs):
+        seen.append(np.array(bad_codes))
+        return original(prompt, bad_codes, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "regen", spy)
+    rl = cfg(regen_context=regen_context).rl
+    ro = rollouts(parts, rl, PROMPTS * 2, range(10))
+    redo = ro.regenerated
+    assert redo and not ro.context1[ro.said_yes].any()
+    at_rollout = np.stack(seen[: len(redo)])  # the conditional prefixes, then their twins
+    assert np.array_equal(at_rollout, np.stack(seen[len(redo) : 2 * len(redo)]))
+    assert np.array_equal(at_rollout, ro.context1[redo].numpy())
+    if regen_context == "reencoded":
+        # VQEncoder's semantics (pad-to-square, l2-normalised nearest code), weights read from the checkpoint
+        vq = VQEncoder(str(tiny_janus), torch.device("cpu"), torch.float32)
+        expected = vq.encode([Image.fromarray(ro.pixels1[i]) for i in redo])
+        assert np.array_equal(at_rollout, expected)
+        assert (at_rollout != ro.image1[redo].numpy()).any()  # decode -> encode is no identity
+    else:
+        assert np.array_equal(at_rollout, ro.image1[redo].numpy())
+    seen.clear()
+    rows = list(range(len(ro)))
+    segments, behaviour = segments_for(ro, rows, "cpu")
+    with torch.no_grad():
+        logp = rollout_logprobs(model, builder, processor, ro, rows, rl)
+    assert np.array_equal(np.stack(seen[: len(redo)]), at_rollout)  # the update conditions on the same codes
+    torch.testing.assert_close(logp[segments["final"]], behaviour[segments["final"]], atol=2e-4, rtol=1e-4)
 
 
 def test_grpo_raises_a_known_reward_from_the_untrained_level(run, tiny_janus):
@@ -314,6 +440,59 @@ def test_learning_rate_schedules():
     assert [round(linear(s), 4) for s in (5, 55, 105)] == [1.0, 0.6, 0.2]
     state.lr_scale = 0.5
     assert linear(5) == 0.5
+
+
+RELEASED = {"lr": 3e-7, "warmup_steps": 5, "convert_step": 30, "schedule": "released", "max_steps": 3000}
+RELEASED_RATIOS = {"convert_lr_ratio": 1 / 3, "min_lr_ratio": 1 / 6}  # convert_lr 1e-7, min_lr 5e-8
+
+
+def test_released_learning_rate_schedule():
+    """grpo_trainer_t2iv1.py:70-88 with grpo.yml:28-34 (lr 3e-7, warm-up 5, convert 30 at 1e-7, min 5e-8), T 3000."""
+    from janus_train.grpo import RefState, lr_lambda
+
+    rl = cfg(**RELEASED, **RELEASED_RATIOS).rl
+    f = lr_lambda(rl, RefState())
+    by_hand = {
+        0: 0.0,  # 3e-7 * 0 / 5
+        1: 6e-8,  # 3e-7 * 1 / 5
+        4: 2.4e-7,  # 3e-7 * 4 / 5
+        5: 3e-7,  # 3e-7 + (1e-7 - 3e-7) * 0 / 25
+        10: 2.6e-7,  # 3e-7 - 2e-7 * 5 / 25
+        30: 1e-7,  # 1e-7 + (5e-8 - 1e-7) * 0 / 2970
+        100: 9.882154882154882e-08,  # 1e-7 - 5e-8 * 70 / 2970
+        1000: 8.367003367003367e-08,  # 1e-7 - 5e-8 * 970 / 2970
+        3000: 5e-8,  # 1e-7 - 5e-8 * 2970 / 2970
+    }
+    for step, lr in by_hand.items():
+        assert rl.lr * f(step) == pytest.approx(lr, rel=1e-15, abs=0), step
+    assert rl.lr * f(3100) == pytest.approx(5e-8, rel=1e-15, abs=0)  # a longer --max-steps holds min_lr
+    # max_steps <= convert_step: the last piece is never reached in the run, and nothing divides by 0
+    short = lr_lambda(cfg(**{**RELEASED, "max_steps": 20}, **RELEASED_RATIOS).rl, RefState())
+    assert [short(x) for x in (0, 5, 20)] == pytest.approx([0.0, 1.0, 1 - (2 / 3) * 15 / 25], rel=1e-15, abs=0)
+    assert short(30) == pytest.approx(1 / 6, rel=1e-15, abs=0)
+
+
+def test_released_schedule_through_lambda_lr_first_update_at_zero():
+    """The optimizer steps before the scheduler: update k uses lr(k - 1), so update 1 uses 0."""
+    from janus_train.grpo import RefState, lr_lambda
+
+    rl = cfg(**RELEASED, **RELEASED_RATIOS).rl
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([weight], lr=rl.lr, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(rl, RefState()))
+    used = []
+    for _ in range(7):
+        optimizer.zero_grad()
+        before = weight.detach().clone()
+        (weight * torch.tensor([1.0, -2.0, 3.0])).sum().backward()
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        if len(used) == 1:
+            assert torch.equal(weight.detach(), before)  # lr 0: the first update changes nothing
+    # updates 1-7 use lr(0..6): 3e-7 * x / 5 for x < 5, then 3e-7 - 2e-7 * (x - 5) / 25
+    assert used == pytest.approx([0.0, 6e-8, 1.2e-7, 1.8e-7, 2.4e-7, 3e-7, 2.92e-7], rel=1e-15, abs=0)
+    assert not torch.equal(weight.detach(), torch.ones(3))
 
 
 @pytest.mark.parametrize("parallel, port", [("ddp", 29521), ("fsdp", 29523)])

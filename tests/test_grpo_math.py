@@ -262,7 +262,67 @@ def test_grpo_loss_bad_input() -> None:
         grpo_loss(*args, ex["advantages"], SegmentWeights(0.0, 0.0, 0.0), beta=0.1)
 
 
-def test_micro_batches_with_global_token_counts_sum_to_the_whole_batch_loss():
+def ragged_judge() -> dict:
+    """3 rollouts, judgement lengths 1, 2, 4 (T = 4, the rest padding, NaN).
+
+    logp = old = 0 (ratio 1, inside the clip: per-token loss -A), ref = 0 except row 2 pos 1 =
+    ln 2 (k3 = K3_LN2, d k3 / d logp = 1 - exp(ln 2) = -1). A = (1, -2, 0.5), beta 0.1.
+    """
+    mask = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    logp = torch.where(mask, 0.0, NAN)
+    ref = logp.clone()
+    ref[2, 1] = LN2
+    return {
+        "logp": logp,
+        "old": logp.clone(),
+        "ref": ref,
+        "segments": {"judge": mask},
+        "advantages": {"judge": torch.tensor([1.0, -2.0, 0.5])},
+    }
+
+
+def test_sequence_reduction_by_hand_against_token_reduction() -> None:
+    """The released loss ((l * mask).sum(1) / mask.sum(1)).mean() (grpo_trainer_t2iv1.py:655) vs TRL's token mean."""
+    ex = ragged_judge()
+    # per-token loss l = -A + 0.1 * k3: row 0 (-1); row 1 (2, 2); row 2 (-0.5, -0.5 + 0.1 K3_LN2, -0.5, -0.5)
+    # sequence: (-1 / 1 + 4 / 2 + (-2 + 0.1 K3_LN2) / 4) / 3 = (0.5 + 0.025 K3_LN2) / 3 = 0.1692238
+    # token: (-1 + 4 - 2 + 0.1 K3_LN2) / 7 = (1 + 0.1 K3_LN2) / 7 = 0.1472407
+    expected = {"sequence": (0.5 + 0.025 * K3_LN2) / 3, "token": (1.0 + 0.1 * K3_LN2) / 7}
+    # d loss / d logp = (-A + 0.1 (1 - exp(ref - logp))) / divisor: 0.1 * (1 - 2) = -0.1 at row 2 pos 1
+    # sequence: divisor n_i * 3 rollouts; token: divisor 7 tokens
+    grads = {
+        "sequence": [[-1 / 3, 0, 0, 0], [2 / 6, 2 / 6, 0, 0], [-0.5 / 12, -0.6 / 12, -0.5 / 12, -0.5 / 12]],
+        "token": [[-1 / 7, 0, 0, 0], [2 / 7, 2 / 7, 0, 0], [-0.5 / 7, -0.6 / 7, -0.5 / 7, -0.5 / 7]],
+    }
+    for reduction in ("sequence", "token"):
+        logp = ex["logp"].clone().requires_grad_()
+        loss, stats = grpo_loss(
+            logp, ex["old"], ex["ref"], ex["segments"], ex["advantages"], {"judge": 1.0}, 0.1, reduction=reduction
+        )
+        close(loss, expected[reduction])
+        close(stats["loss/judge"], expected[reduction])
+        # stats that do not depend on the reduction: mean k3 over the 7 tokens, no clipped term
+        close(stats["kl"], K3_LN2 / 7)
+        close(stats["clip_frac"], 0.0)
+        loss.backward()
+        close(logp.grad, grads[reduction])
+
+
+def test_fixed_length_segments_reduce_alike() -> None:
+    """On example(): image segments have 2 tokens per row, so only the judgement (2 vs 1 tokens) differs."""
+    ex = example()
+    args = (ex["logp"], ex["old"], ex["ref"], ex["segments"], ex["advantages"], SegmentWeights())
+    _, stats = grpo_loss(*args, beta=0.1, reduction="sequence")
+    close(stats["loss/image1"], L_IMAGE1)
+    close(stats["loss/final"], L_FINAL)
+    # judge: row 0 (-0.5 - 0.5) / 2 = -0.5, row 1 0.5 / 1 -> (-0.5 + 0.5) / 2 = 0
+    close(stats["loss/judge"], 0.0)
+    with pytest.raises(ValueError, match="reduction"):
+        grpo_loss(*args, beta=0.1, reduction="row")
+
+
+@pytest.mark.parametrize("reduction", ["sequence", "token"])
+def test_micro_batches_with_global_counts_sum_to_the_whole_batch_loss(reduction):
     g = torch.Generator().manual_seed(3)
     logp = -torch.rand(4, 6, generator=g)
     old = logp + 0.1 * torch.randn(4, 6, generator=g)
@@ -272,11 +332,14 @@ def test_micro_batches_with_global_token_counts_sum_to_the_whole_batch_loss():
         "judge": torch.zeros(4, 6, dtype=torch.bool).index_fill_(1, torch.tensor([3]), True),
         "final": torch.zeros(4, 6, dtype=torch.bool).index_fill_(1, torch.tensor([4, 5]), True),
     }
-    segments["final"][0] = False  # rows differ in their token counts
+    segments["final"][0] = False  # rows differ in their token counts; row 0 has no final token
+    segments["judge"][2, 4] = segments["judge"][3, 4:] = True  # ragged judgements: 1, 1, 2, 3 tokens
     adv = {s: torch.randn(4, generator=g) for s in segments}
     weights = {"image1": 1.0, "judge": 0.5, "final": 2.0}
-    whole, _ = grpo_loss(logp, old, ref, segments, adv, weights, beta=0.05)
-    counts = {s: float(m.sum()) for s, m in segments.items()}
+    whole, _ = grpo_loss(logp, old, ref, segments, adv, weights, beta=0.05, reduction=reduction)
+    tokens = {s: float(m.sum()) for s, m in segments.items()}
+    sequences = {s: float(m.any(1).sum()) for s, m in segments.items()}
+    assert sequences == {"image1": 4.0, "judge": 4.0, "final": 3.0}
     parts = [
         grpo_loss(
             logp[r],
@@ -286,7 +349,9 @@ def test_micro_batches_with_global_token_counts_sum_to_the_whole_batch_loss():
             {s: a[r] for s, a in adv.items()},
             weights,
             beta=0.05,
-            token_counts=counts,
+            token_counts=tokens,
+            reduction=reduction,
+            sequence_counts=sequences,
         )[0]
         for r in (slice(0, 1), slice(1, 4))
     ]

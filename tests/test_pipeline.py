@@ -20,6 +20,7 @@ from janus_data.config import load_config
 from janus_data.manifest import read_manifest
 from janus_train.pipeline import STAGES, PipelineError, read_record, run_pipeline, stage_range
 
+REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red cube on a table", "two birds on a branch", "a cat on a blue sofa", "three green apples"]
 SMALL = {
     "synth": {"images_per_prompt": 6},
@@ -64,6 +65,44 @@ def test_chain_runs_every_stage_then_skips_them_and_reruns_what_a_change_touches
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert [n.split(".")[0] for n in names] == ["rl", "rl", "sft", "sft"]  # fresh ones, old ones set aside
     assert all(n.split(".")[1].startswith("stale-") for n in names if "." in n)
+
+
+def official_on_tiny(tmp_path: Path, run: Path, prompts: Path) -> Path:
+    """`preset: official` with tiny's models, sizes and step counts (every released setting kept)."""
+    tiny = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
+    official = yaml.safe_load((REPO / "configs/official.yaml").read_text())
+    data = {"preset": "official", "pipeline": {"run_dir": str(run), "prompts": str(prompts)}}
+    for section, values in tiny.items():
+        kept = {k: v for k, v in values.items() if k not in official.get(section, {})}
+        data[section] = kept
+    data["synth"]["images_per_prompt"] = 8  # official's 16, halved for time; flux_share keeps both generators
+    data["sft"] |= {"max_steps": 4, "save_every": 2, "log_every": 1}
+    data["rl"] = {**data["rl"], "max_steps": 2, "save_every": 1, "prompts_per_step": 1, "reason_tokens": 8}
+    path = tmp_path / "official-tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_official_preset_runs_every_stage_on_the_tiny_models(tmp_path, prompts):
+    run = tmp_path / "run"
+    cfg = load_config(str(official_on_tiny(tmp_path, run, prompts)))
+    assert (cfg.filter.threshold, cfg.filter.judge_labels, cfg.sft.mix_unit, cfg.rl.schedule) == (
+        0.7,
+        "answer",
+        "step",
+        "released",
+    )
+    assert (cfg.rl.group_size, cfg.rl.answer_logp, cfg.rl.judge_eos) == (8, "full", False)
+    assert statuses(run_pipeline(run, cfg, prompts, progress=False)) == dict.fromkeys(STAGES, "ran")
+    samples = pl.read_parquet(run / "manifests/samples/samples.parquet")
+    generators = pl.scan_parquet(str(run / "manifests/images/**/*.parquet")).collect()
+    gen_of = dict(zip(generators["image_id"], generators["generator"], strict=True))
+    t2i = samples.filter(pl.col("task") == "t2i")
+    assert t2i.height and all(gen_of[ids[0]] == "flux" for ids in t2i["image_ids"])  # released: FLUX targets
+    sft_steps = [json.loads(line) for line in (run / "checkpoints/sft/metrics.jsonl").read_text().splitlines()]
+    rl_steps = [json.loads(line) for line in (run / "checkpoints/rl/metrics.jsonl").read_text().splitlines()]
+    assert len(sft_steps) == 4 and len(rl_steps) == 2
+    assert rl_steps[0]["lr"] == 0.0  # the released schedule's first update: lr(0) = 0
 
 
 def test_from_and_to_select_stages(tmp_path, prompts):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -134,9 +135,116 @@ def test_two_processes_equal_one_with_the_same_global_batch(run, tmp_path, paral
     assert worst < 1e-5, worst
     for x, y in zip(metrics(run), metrics(single), strict=True):
         assert x["loss"]["total"] == pytest.approx(y["loss"]["total"], rel=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)  # AdamW alone would hide a scale
     # A checkpoint is whole whatever the parallelism: one process resumes the two-process run.
     resumed = run_sft(run, cfg(max_steps=4, batch_size=4, save_every=4), resume=True, progress=False)
     assert (resumed.start_step, resumed.end_step) == (3, 4)
+
+
+def test_step_unit_and_batch_reduction_train_one_task_per_step_and_resume_exactly(run, tmp_path):
+    """The released recipe (mix_unit step, loss_reduction batch), with micro-steps: resume == uninterrupted."""
+    released = {"mix_unit": "step", "loss_reduction": "batch", "batch_size": 2, "grad_accum": 2}
+    straight = Path(shutil.copytree(run, tmp_path / "straight"))
+    run_sft(straight, cfg(**released), progress=False)
+    run_sft(run, cfg(**released), max_steps=3, progress=False)
+    resumed = run_sft(run, cfg(**released), resume=True, progress=False)
+    assert (resumed.start_step, resumed.end_step) == (3, 6)
+    logged = metrics(straight)
+    assert [m["loss"] for m in metrics(run)] == [m["loss"] for m in logged]
+    for m in logged:  # every micro-batch of the step had the same single task
+        (task,) = set(m["loss"]) - {"total"}
+        assert m["loss"]["total"] == pytest.approx(m["loss"][task], rel=1e-6)
+    a = weights(latest_checkpoint(run / "checkpoints/sft").path)
+    b = weights(latest_checkpoint(straight / "checkpoints/sft").path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_batch_reduction_two_processes_equal_one_with_the_same_micro_batches(run, tmp_path, parallel):
+    """'batch': the step's gradient is the mean micro-batch loss over micro-steps and processes, so 2
+    processes x 1 micro-batch of 2 train what 1 process x 2 micro-batches of 2 trains (same samples)."""
+    single = Path(shutil.copytree(run, tmp_path / "single"))
+    run_sft(single, cfg(max_steps=2, batch_size=2, grad_accum=2, loss_reduction="batch", save_every=2), progress=False)
+    overrides = tmp_path / "ddp.yaml"
+    overrides.write_text(
+        "preset: tiny\nsynth: {images_per_prompt: 6}\n"
+        "filter: {threshold: 0.6, t2i_per_prompt: 1, judge_per_prompt: 1, regen_per_prompt: 1}\n"
+        "sft: {max_steps: 2, batch_size: 2, save_every: 2, keep_last: 5, log_every: 1, warmup_steps: 1,"
+        f" loss_reduction: batch, parallel: {parallel}}}\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(REPO / "cli.py"), "train", "sft", "--run-dir", str(run), "--config", str(overrides), "--no-progress",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = weights(latest_checkpoint(run / "checkpoints/sft").path)
+    b = weights(latest_checkpoint(single / "checkpoints/sft").path)
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
+    for x, y in zip(metrics(run), metrics(single), strict=True):
+        assert x["loss"]["total"] == pytest.approx(y["loss"]["total"], rel=1e-5)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)  # AdamW alone would hide a scale
+
+
+def token_losses(model, builder, pad_id, processor, sample: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One sample alone: the CE of each text target, its weight, and the CE of each image target."""
+    from janus_train.losses import collate, hidden_states
+
+    batch = collate([builder.from_record(sample)], pad_id, processor)
+    hidden = hidden_states(model, batch)[0]
+    text, image = batch.text_labels[0] != -100, batch.image_labels[0] != -100
+    text_ce = torch.nn.functional.cross_entropy(
+        model.lm_head(hidden[text]), batch.text_labels[0][text], reduction="none"
+    )
+    image_logits = model.model.generation_head(hidden[image])
+    image_ce = torch.nn.functional.cross_entropy(image_logits, batch.image_labels[0][image], reduction="none")
+    return text_ce, batch.text_weights[0][text], image_ce
+
+
+def test_batch_reduction_is_token_level_over_the_micro_batch(tiny_janus):
+    """'batch': 0.8 x mean CE of the Yes/No tokens + 0.2 x mean CE of the rest, pooled over the batch's
+    reasons (long ones weigh more); the step loss weighs each task by its share of samples."""
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoTokenizer, JanusForConditionalGeneration
+
+    from janus_data.config import SFTConfig
+    from janus_train.steps import SFTStep
+
+    torch.manual_seed(0)
+    model = JanusForConditionalGeneration.from_pretrained(tiny_janus, dtype=torch.float32)
+    tok, processor = AutoTokenizer.from_pretrained(tiny_janus), AutoImageProcessor.from_pretrained(tiny_janus)
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    reasons = ["Yes.", "No, the cube is blue and the table is missing from the picture entirely.", "Yes, red."]
+    samples = [
+        ("judge", {"json": {"task": "judge", "prompt": "a red cube", "reason": r}, "image.png": picture})
+        for r in reasons
+    ]
+    codes = rng.integers(0, 512, 16).astype(np.int32)
+    samples.append(("t2i", {"json": {"task": "t2i", "prompt": "a red cube"}, "image.npy": codes}))
+    rngs = [random.Random(0) for _ in samples]
+    steps = {
+        r: SFTStep(model, tok, processor, SFTConfig(loss_reduction=r, caption_dropout=0.0), torch.device("cpu"))
+        for r in ("batch", "sample")
+    }
+    with torch.no_grad():
+        batch_losses, _ = steps["batch"].forward(samples, rngs, sync=True)
+        per_sample, _ = steps["sample"].forward(samples, rngs, sync=True)
+        parts = [token_losses(model, steps["batch"].builder, tok.pad_token_id, processor, s) for _, s in samples]
+    ce = torch.cat([p[0] for p in parts[:3]])
+    w = torch.cat([p[1] for p in parts[:3]])
+    assert sorted(set(w.tolist())) == pytest.approx([0.2, 0.8])
+    judge = 0.8 * ce[w > 0.5].mean() + 0.2 * ce[w < 0.5].mean()
+    t2i = parts[3][2].mean()
+    assert batch_losses["judge"].item() == pytest.approx(judge.item(), rel=1e-5)
+    assert batch_losses["t2i"].item() == pytest.approx(t2i.item(), rel=1e-5)
+    assert batch_losses["total"].item() == pytest.approx((3 / 4 * judge + 1 / 4 * t2i).item(), rel=1e-5)
+    # 'sample': each reason normalised on its own, then the mean over samples: not the same number here
+    alone = [0.8 * c[x > 0.5].mean() + 0.2 * c[x < 0.5].mean() for c, x, _ in parts[:3]]
+    assert per_sample.tolist() == pytest.approx([*(a.item() for a in alone), t2i.item()], rel=1e-5)
+    assert abs(per_sample.mean().item() - batch_losses["total"].item()) > 1e-3
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint_intact(run, monkeypatch):

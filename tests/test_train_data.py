@@ -4,7 +4,8 @@ Frequency tolerance: each task's count over n draws is Binomial(n, p), std sqrt(
 (about 57 draws, 0.28 % of 20,000, for p = 0.2; 71 for p = 0.5). The test allows 5 std per
 task: a correct mixer fails it with probability below 1e-6 per task for a random seed (the
 seed here is fixed, so the test is deterministic anyway), while a bias of 1.5 % or more in any
-weight is caught.
+weight is caught. With mix_unit 'step' the trials are the steps (3,000: 5 std is 4.6 % of them
+for p = 0.5, 3.7 % for p = 0.2).
 """
 
 from __future__ import annotations
@@ -92,6 +93,49 @@ def test_frequencies_follow_the_mix(sft: Path, tmp_path: Path) -> None:
     assert abs(counts["t2i"] - 2000) <= 5 * math.sqrt(5000 * 0.24)
     # a 3-sequence is (t2i, judge, regen), as in the config
     assert TaskMixer(root, (1, 0, 3)).mix == {"t2i": 1.0, "judge": 0.0, "regen": 3.0}
+
+
+STEP = 6  # draws per optimizer step for the 'step' unit tests
+
+
+def step_tasks(draws: list[tuple[str, str]]) -> list[str]:
+    """The one task of each whole step of `draws`, asserting that every step has a single task."""
+    steps = [{task for task, _ in draws[i : i + STEP]} for i in range(0, len(draws) - STEP + 1, STEP)]
+    assert all(len(tasks) == 1 for tasks in steps)
+    return [tasks.pop() for tasks in steps]
+
+
+def test_step_unit_draws_one_task_per_step(sft: Path) -> None:
+    n_steps = 3000
+    mixer = TaskMixer(sft, MIX, seed=0, shuffle_buffer=4, mix_unit="step", step_samples=STEP)
+    counts = Counter(step_tasks(keys_of(mixer, n_steps * STEP)))
+    for task, p in MIX.items():
+        std = math.sqrt(n_steps * p * (1 - p))
+        assert abs(counts[task] - n_steps * p) <= 5 * std, (task, counts[task], n_steps * p, std)
+    # every rank draws the step's task (ranks with their own streams: one task for the whole global batch)
+    ranks = [
+        step_tasks(keys_of(TaskMixer(sft, MIX, seed=4, rank=r, world_size=2, mix_unit="step", step_samples=STEP), 120))
+        for r in (0, 1)
+    ]
+    assert ranks[0] == ranks[1] and len(set(ranks[0])) > 1
+    # 'sample' mixes tasks within a step
+    per_sample = keys_of(TaskMixer(sft, MIX, seed=0, shuffle_buffer=4), 120)
+    assert any(len({t for t, _ in per_sample[i : i + STEP]}) > 1 for i in range(0, 120, STEP))
+
+
+def test_step_unit_resumes_exactly(sft: Path) -> None:
+    kwargs = {"seed": 9, "shuffle_buffer": 4, "mix_unit": "step", "step_samples": STEP}
+    reference = keys_of(TaskMixer(sft, MIX, **kwargs), 120)
+    for n in (0, 6, 23, 60, 61):  # at a step boundary and mid-step (a resume state is saved per step)
+        first = TaskMixer(sft, MIX, **kwargs)
+        assert keys_of(first, n) == reference[:n]
+        state = json.loads(json.dumps(first.state_dict()))
+        second = TaskMixer(sft, MIX, **kwargs)
+        second.load_state_dict(state)
+        assert keys_of(second, 120 - n) == reference[n:], n
+    for other in (TaskMixer(sft, MIX, seed=9, shuffle_buffer=4), TaskMixer(sft, MIX, **{**kwargs, "step_samples": 4})):
+        with pytest.raises(DataError, match=r"saved with another (mix_unit, )?step_samples"):
+            other.load_state_dict(state)
 
 
 def test_samples_are_decoded(sft: Path) -> None:
@@ -248,6 +292,10 @@ def test_errors(sft: Path, tmp_path: Path) -> None:
         one_line(err)
     with pytest.raises(DataError, match="rank 2 must be in"):
         TaskMixer(sft, MIX, rank=2, world_size=2)
+    with pytest.raises(DataError, match="mix_unit must be"):
+        TaskMixer(sft, MIX, mix_unit="epoch")
+    with pytest.raises(DataError, match="step_samples must be"):
+        TaskMixer(sft, MIX, mix_unit="step", step_samples=0)
 
 
 def test_wrong_vq_model(sft: Path, tmp_path: Path) -> None:

@@ -105,6 +105,20 @@ def test_deterministic_and_batch_invariant(enc):
     assert enc.encode([]).shape == (0, 16)
 
 
+def test_from_module_shares_a_loaded_vq_and_encodes_alike(enc, enc_hf, full):
+    """GRPO's regeneration context: the policy's own vqmodel, no second copy read from disk."""
+    images = _images(6, seed=4)
+    shared = VQEncoder.from_module(full.model.vqmodel, full.config.vq_config, model_id="policy")
+    assert shared.vqmodel is full.model.vqmodel and shared.model_id == "policy"
+    assert (shared.device, shared.dtype, shared.l2_norm) == (CPU, torch.float32, True)
+    assert (shared.image_size, shared.grid, shared.num_tokens, shared.codebook_size) == (64, 4, 16, 512)
+    assert np.array_equal(shared.encode(images), enc.encode(images))
+    plain = VQEncoder.from_module(full.model.vqmodel, full.config.vq_config, l2_norm=False)
+    assert np.array_equal(plain.encode(images), enc_hf.encode(images))
+    with pytest.raises(ValueError, match="fit"):
+        VQEncoder.from_module(full.model.vqmodel, full.config.vq_config, fit="crop")
+
+
 def test_reencoding_is_deterministic(enc, enc_hf):
     """encode -> decode -> encode. The tiny VQ is random, so codes do not survive the round
     trip (measured on 12 images: about 2% of codes kept with l2_norm, 6-13% without; chance is 0.2%);
