@@ -12,7 +12,7 @@ $(BIN)/janus: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(BIN)/janus
 
-.PHONY: setup demo test lint bench browser
+.PHONY: setup demo test lint bench browser floors
 setup: $(BIN)/janus
 
 # The report's test opens it in headless Chromium (Debian's package); installed when possible.
@@ -35,3 +35,12 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_synth.py
+
+# The lowest transformers and diffusers pyproject allows, overlaid on the venv for the tests that
+# exercise them (docs/models.md, "Dependency floors"). Needs the package index, not a GPU.
+FLOORS ?= transformers==5.18.0 diffusers==0.35.2
+floors: setup
+	rm -rf build/floors
+	$(BIN)/pip install -q --no-deps --target build/floors $(FLOORS)
+	PYTHONPATH=build/floors $(BIN)/pytest -p no:cacheprovider tests/test_fast_loop.py tests/test_janus_loop.py \
+	  tests/test_tiny_models.py tests/test_judge_hf.py tests/test_sft.py tests/test_kv_cache_keyword.py tests/test_flux_generator.py

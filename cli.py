@@ -1,4 +1,9 @@
-"""The `janus` command line: parse, build a config, call one library function, print a summary."""
+"""The `janus` command line: parse, build a config, call one library function, print a summary.
+
+Before a command calls the library it imports only typer, rich and the light janus modules; the
+library checks the inputs first (`janus_train.stages`), then imports torch, polars and the model
+libraries, so a bad flag, file or config fails in about the time `janus --help` takes.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import typer
 
 from janus_data.errors import JanusError, one_line
 from janus_data.progress import console, quiet_libraries
+from janus_train.stages import STAGES
 
 app = typer.Typer(
     name="janus",
@@ -43,11 +49,16 @@ RunOpt = Annotated[
 ConfigOpt = Annotated[
     str, typer.Option("--config", "-c", help="Preset name (tiny, paper) or a YAML file over the typed configs.")
 ]
+RunConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
+]
 RankOpt = Annotated[int | None, typer.Option(help="This process's rank [default: RANK or SLURM_PROCID, else 0].")]
 WorldOpt = Annotated[
     int | None, typer.Option(help="Number of processes [default: WORLD_SIZE or SLURM_NTASKS, else 1].")
 ]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+STAGE_HELP = f"{', '.join(STAGES[:-1])} or {STAGES[-1]}"
 
 
 def user_errors(fn: F) -> F:
@@ -61,8 +72,7 @@ def user_errors(fn: F) -> F:
         except JanusError as err:
             if debug:
                 raise
-            console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise fail(str(err), 2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted:[/] finished batches are kept; rerun the same command to resume")
             raise typer.Exit(130) from None
@@ -71,28 +81,46 @@ def user_errors(fn: F) -> F:
         except Exception as err:  # last line of defence: one line, not a traceback
             if debug:
                 raise
-            console.print(
-                f"[bold red]error:[/] {type(err).__name__}: {one_line(err)} (rerun with JANUS_DEBUG=1 for the traceback)",
-                highlight=False,
-                soft_wrap=True,
-            )
-            raise typer.Exit(1) from None
+            hint = "rerun with JANUS_DEBUG=1 for the traceback"
+            raise fail(f"{type(err).__name__}: {one_line(err)} ({hint})", 1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def print_synth(result) -> None:
-    """The synth stage's headline and summary table."""
-    from janus_data.summaries import synth_headline, synth_table
-
-    headline = synth_headline(result)
-    if headline:
-        console.print(headline, highlight=False)
-    console.print(synth_table(result))
+def fail(message: str, code: int) -> typer.Exit:
+    """Print `message` as the one error line; the exit to raise."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
 
 
-def _synth_overrides(**flags: Any) -> dict[str, Any]:
-    return {"synth": {k: v for k, v in flags.items() if v is not None}}
+def show(*parts: Any) -> None:
+    """Print a summary: headlines (with markup) and tables."""
+    for part in parts:
+        console.print(part, highlight=False)
+
+
+def show_stage(stage: str, result: Any) -> None:
+    """A stage's headline and tables (process 0 only for the trainers)."""
+    from janus_train.summary import stage_summary
+
+    show(*stage_summary(stage, result))
+
+
+def show_outcome(outcome: Any) -> None:
+    """As `janus run` finishes a stage: its summary, or that it was already complete."""
+    from janus_train.summary import outcome_summary
+
+    show(*outcome_summary(outcome))
+
+
+def bars(progress: bool) -> bool | None:
+    """--progress leaves the choice to the terminal (None); --no-progress turns bars off."""
+    return None if progress else False
+
+
+def section(name: str, **flags: Any) -> dict[str, Any]:
+    """Config overrides for one section: the flags that were given."""
+    return {name: {k: v for k, v in flags.items() if v is not None}}
 
 
 @data_app.command("synth")
@@ -115,48 +143,24 @@ def synth(
 ) -> None:
     """Generate each prompt's candidate images with FLUX and Janus-Pro (resumable, shardable).
 
-    Example: janus data synth --prompts manifests/demo_prompts.jsonl --run runs/demo --config tiny
+    Example: janus data synth --prompts janus_data/assets/demo_prompts.jsonl --run runs/demo --config tiny
     """
     quiet_libraries()
     from janus_data.config import load_config
     from janus_data.dist import resolve_shard
-    from janus_data.synth import run_synth
+    from janus_train import stages
 
-    cfg = load_config(
-        config,
-        _synth_overrides(
-            images_per_prompt=images_per_prompt,
-            flux_share=flux_share,
-            image_size=image_size,
-            image_format=image_format,
-            seed=seed,
-        ),
-    )
-    shard = resolve_shard(rank, world_size)
-    result = run_synth(run, cfg, prompts, shard, progress=None if progress else False)
-    print_synth(result)
-
-
-def print_score(result) -> None:
-    """The score stage's headline, summary table and S histogram."""
-    from janus_data.summaries import score_headline, score_histogram, score_table
-
-    headline = score_headline(result)
-    if headline:
-        console.print(headline, highlight=False)
-    console.print(score_table(result))
-    if result.histogram.height:
-        console.print(score_histogram(result))
+    flags = {"images_per_prompt": images_per_prompt, "flux_share": flux_share, "image_size": image_size}
+    cfg = load_config(config, section("synth", **flags, image_format=image_format, seed=seed))
+    result = stages.synth(run, cfg, prompts, resolve_shard(rank, world_size), progress=bars(progress))
+    show_stage("synth", result)
 
 
 @data_app.command("score")
 @user_errors
 def score(
     run: RunOpt,
-    config: Annotated[
-        str | None,
-        typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
-    ] = None,
+    config: RunConfigOpt = None,
     backend: Annotated[str | None, typer.Option(help="hf (in process) or lmdeploy (judge servers).")] = None,
     endpoint: Annotated[
         list[str] | None,
@@ -169,10 +173,7 @@ def score(
     concurrency: Annotated[int | None, typer.Option(help="lmdeploy: requests in flight per endpoint.")] = None,
     reason_tokens: Annotated[int | None, typer.Option(help="Most tokens of each reason (0: S only).")] = None,
     retry_errors: Annotated[
-        bool | None,
-        typer.Option(
-            "--retry-errors/--keep-errors", help="Judge again the images an earlier run left with an error row."
-        ),
+        bool | None, typer.Option("--retry-errors/--keep-errors", help="Judge again the images left with an error row.")
     ] = None,
     rank: RankOpt = None,
     world_size: WorldOpt = None,
@@ -185,26 +186,14 @@ def score(
     quiet_libraries()
     from janus_data.dist import resolve_shard
     from janus_data.rundir import load_run_config
-    from janus_data.score import run_score
+    from janus_train import stages
 
-    flags = {"backend": backend, "model": model, "batch_size": batch_size}
-    flags |= {"concurrency": concurrency, "reason_tokens": reason_tokens, "retry_errors": retry_errors}
+    flags = {"backend": backend, "model": model, "batch_size": batch_size, "concurrency": concurrency}
+    flags |= {"reason_tokens": reason_tokens, "retry_errors": retry_errors}
     if endpoint:
-        flags["endpoints"] = list(endpoint)
-        flags["backend"] = backend or "lmdeploy"
-    cfg = load_run_config(run, config, {"score": {k: v for k, v in flags.items() if v is not None}})
-    result = run_score(run, cfg, resolve_shard(rank, world_size), progress=None if progress else False)
-    print_score(result)
-
-
-def print_filter(result) -> None:
-    """The filter stage's headline and summary table."""
-    from janus_data.summaries import filter_headline, filter_table
-
-    headline = filter_headline(result)
-    if headline:
-        console.print(headline, highlight=False)
-    console.print(filter_table(result))
+        flags |= {"endpoints": list(endpoint), "backend": backend or "lmdeploy"}
+    cfg = load_run_config(run, config, section("score", **flags))
+    show_stage("score", stages.score(run, cfg, resolve_shard(rank, world_size), progress=bars(progress)))
 
 
 @data_app.command("filter")
@@ -212,10 +201,7 @@ def print_filter(result) -> None:
 def filter_(
     run: RunOpt,
     threshold: Annotated[float | None, typer.Option(help="Good images have S >= threshold [preset: 0.8].")] = None,
-    config: Annotated[
-        str | None,
-        typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
-    ] = None,
+    config: RunConfigOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the choice among candidates.")] = None,
     progress: ProgressOpt = True,
 ) -> None:
@@ -224,30 +210,18 @@ def filter_(
     Example: janus data filter --run runs/r1 --threshold 0.8
     """
     quiet_libraries()
-    from janus_data.filter import run_filter
     from janus_data.rundir import load_run_config
+    from janus_train import stages
 
-    flags = {k: v for k, v in {"threshold": threshold, "seed": seed}.items() if v is not None}
-    cfg = load_run_config(run, config, {"filter": flags})
-    print_filter(run_filter(run, cfg, progress=None if progress else False))
-
-
-def print_sft(result) -> None:
-    """The SFT run's summary table (process 0 only under torchrun)."""
-    from janus_train.summary import sft_table
-
-    if result.rank == 0:
-        console.print(sft_table(result))
+    cfg = load_run_config(run, config, section("filter", threshold=threshold, seed=seed))
+    show_stage("filter", stages.filter_(run, cfg, progress=bars(progress)))
 
 
 @train_app.command("sft")
 @user_errors
 def train_sft(
     run: RunOpt,
-    config: Annotated[
-        str | None,
-        typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
-    ] = None,
+    config: RunConfigOpt = None,
     max_steps: Annotated[int | None, typer.Option(help="Train up to this step [config: sft.max_steps].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest SFT checkpoint.")] = False,
     progress: ProgressOpt = True,
@@ -258,18 +232,10 @@ def train_sft(
     """
     quiet_libraries()
     from janus_data.rundir import load_run_config
-    from janus_train.sft import run_sft
+    from janus_train import stages
 
     cfg = load_run_config(run, config, {})
-    print_sft(run_sft(run, cfg, max_steps=max_steps, resume=resume, progress=None if progress else False))
-
-
-def print_rl(result) -> None:
-    """The GRPO run's summary table (process 0 only under torchrun)."""
-    from janus_train.summary import rl_table
-
-    if result.rank == 0:
-        console.print(rl_table(result))
+    show_stage("sft", stages.sft(run, cfg, max_steps=max_steps, resume=resume, progress=bars(progress)))
 
 
 @train_app.command("rl")
@@ -280,10 +246,7 @@ def train_rl(
         str | None,
         typer.Option(help="Policy to start from [config: rl.model; default: the run's latest SFT checkpoint]."),
     ] = None,
-    config: Annotated[
-        str | None,
-        typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
-    ] = None,
+    config: RunConfigOpt = None,
     max_steps: Annotated[int | None, typer.Option(help="Train up to this step [config: rl.max_steps].")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest RL checkpoint.")] = False,
     endpoint: Annotated[
@@ -298,12 +261,12 @@ def train_rl(
     """
     quiet_libraries()
     from janus_data.rundir import load_run_config
-    from janus_train.grpo import run_rl
+    from janus_train import stages
 
-    overrides = {"score": {"backend": "lmdeploy", "endpoints": list(endpoint)}} if endpoint else {}
+    overrides = section("score", backend="lmdeploy", endpoints=list(endpoint)) if endpoint else {}
     cfg = load_run_config(run, config, overrides)
-    result = run_rl(run, cfg, init=init, max_steps=max_steps, resume=resume, progress=None if progress else False)
-    print_rl(result)
+    result = stages.rl(run, cfg, init=init, max_steps=max_steps, resume=resume, progress=bars(progress))
+    show_stage("rl", result)
 
 
 @serve_app.command("judge")
@@ -319,16 +282,10 @@ def serve_judge(
         str, typer.Option(help="Which LMDeploy engine to behave as: turbomind (its default) or pytorch.")
     ] = "turbomind",
     logprobs_mode: Annotated[
-        str | None,
-        typer.Option(
-            help="pytorch engine: raw_logprobs or raw_logits; unset, logprobs requests get a 400 as in LMDeploy."
-        ),
+        str | None, typer.Option(help="pytorch engine: raw_logprobs or raw_logits; unset, logprobs requests get a 400.")
     ] = None,
     generation_config: Annotated[
-        str,
-        typer.Option(
-            help="Server sampling defaults: auto (the model's generation_config), lmdeploy (none), or a path."
-        ),
+        str, typer.Option(help="Sampling defaults: auto (the model's generation_config), lmdeploy (none) or a path.")
     ] = "auto",
     session_len: Annotated[
         int | None, typer.Option(help="Longest prompt plus answer in tokens; longer prompts get LMDeploy's 400.")
@@ -345,42 +302,25 @@ def serve_judge(
 
     Example: janus serve judge --model tiny:internvl --engine pytorch --logprobs-mode raw_logprobs
     """
-    from janus_data.errors import ConfigError
-    from janus_data.judge.engines import ENGINES, LOGPROBS_MODES
-
-    if engine not in ENGINES:
-        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}, not '{engine}'", hint="pick one")
-    if logprobs_mode is not None and (engine != "pytorch" or logprobs_mode not in LOGPROBS_MODES):
-        raise ConfigError(
-            f"--logprobs-mode {logprobs_mode} is not valid here",
-            hint=f"it takes {' or '.join(LOGPROBS_MODES)}, with --engine pytorch (TurboMind always returns logprobs)",
-        )
     quiet_libraries()
-    from janus_data.config import RuntimeConfig
-    from janus_data.judge.hf import HFJudge
-    from janus_data.judge.server import JudgeServer, generation_defaults
-    from janus_data.models import resolve_device, resolve_dtype
+    from janus_data.judge.serve import serving_line, start_judge_server
 
-    runtime = RuntimeConfig(device=device)
-    dev = resolve_device(runtime)
-    judge = HFJudge(model, dev, resolve_dtype(runtime, dev), max_tiles=max_tiles, trust_remote_code=trust_remote_code)
-    server = JudgeServer(
-        judge,
-        host,
-        port,
+    server = start_judge_server(
+        model,
+        host=host,
+        port=port,
         model_name=model_name,
-        api_key=os.environ.get(api_key_env) or None,
-        max_batch=max_batch,
         engine=engine,
         logprobs_mode=logprobs_mode,
-        generation_config=generation_defaults(judge, generation_config),
+        generation_config=generation_config,
         session_len=session_len,
+        device=device,
+        max_batch=max_batch,
+        max_tiles=max_tiles,
+        api_key_env=api_key_env,
+        trust_remote_code=trust_remote_code,
     )
-    key = f"clients must send the key in ${api_key_env}" if server.api_key else "no API key"
-    mode = f"{engine} engine" + (f", --logprobs-mode {logprobs_mode}" if logprobs_mode else "")
-    console.print(
-        f"serving judge '{server.model_name}' at {server.url}/v1 ({mode}; {key}); Ctrl-C stops", highlight=False
-    )
+    show(serving_line(server, api_key_env))
     server.serve_forever()
 
 
@@ -396,67 +336,18 @@ def models_tiny(
     Example: janus models tiny janus --out /tmp/tiny-janus
     """
     quiet_libraries()
-    from janus_data import models
+    from janus_data.models import build_tiny
 
-    if out is None:
-        path = models.tiny_model_path(name)
-    else:
-        if name not in models.TINY_MODELS:
-            raise JanusError(
-                f"unknown tiny model '{name}'", hint=f"choose from {', '.join(sorted(models.TINY_MODELS))}"
-            )
-        build = models.tiny_builder(name)
-        path = build(out) if seed == 0 else build(out, seed)
-    console.print(f"tiny {name}: {path}")
-
-
-STAGE_HELP = "synth, score, filter, sft or rl"
+    console.print(f"tiny {name}: {build_tiny(name, out, seed)}")
 
 
 def _complete_stage(incomplete: str) -> list[str]:
-    return [s for s in ("synth", "score", "filter", "sft", "rl") if s.startswith(incomplete)]
-
-
-def _stage_printer() -> Callable[[Any], None]:
-    """Print each stage's summary as `janus run` finishes it (or says it was already complete)."""
-    printers = {"synth": print_synth, "score": print_score, "filter": print_filter, "sft": print_sft, "rl": print_rl}
-
-    def show(outcome) -> None:
-        if outcome.status == "skipped":
-            console.print(f"[dim]skip {outcome.stage}: already complete with these inputs[/]", highlight=False)
-        else:
-            printers[outcome.stage](outcome.result)
-
-    return show
-
-
-def _outputs_table(run: Path, outcomes, report: Path | None):
-    """What the chain produced and where."""
-    from rich import box
-    from rich.table import Table
-
-    where = {
-        "synth": "manifests/images, images/",
-        "score": "manifests/scores",
-        "filter": "sft/{t2i,judge,regen}/*.tar, manifests/samples",
-        "sft": "checkpoints/sft",
-        "rl": "checkpoints/rl",
-    }
-    table = Table(title=f"janus run — {run}", title_justify="left", box=box.SIMPLE)
-    for col in ("stage", "status", "seconds"):
-        table.add_column(col, justify="right" if col == "seconds" else "left", no_wrap=True, min_width=7)
-    table.add_column("outputs", overflow="fold")
-    for o in outcomes:
-        table.add_row(o.stage, o.status, f"{o.seconds:.1f}" if o.status == "ran" else "-", f"{run}/{where[o.stage]}")
-    if report is not None:
-        table.caption = f"report: {report}"
-        table.caption_justify = "left"
-    return table
+    return [s for s in STAGES if s.startswith(incomplete)]
 
 
 @app.command("run")
 @user_errors
-def run_chain(
+def chain(
     config: Annotated[str, typer.Option("--config", "-c", help="Preset or YAML file with a section per stage.")],
     run: Annotated[
         Path | None, typer.Option("--run", "--run-dir", help="Run directory [config: pipeline.run_dir].")
@@ -478,33 +369,12 @@ def run_chain(
     """
     quiet_libraries()
     from janus_data.config import load_config
-    from janus_data.errors import ConfigError
-    from janus_train.pipeline import run_pipeline
+    from janus_train.pipeline import run_chain
+    from janus_train.summary import outputs_table
 
     cfg = load_config(config)
-    run_dir = run or (Path(cfg.pipeline.run_dir) if cfg.pipeline.run_dir else None)
-    if run_dir is None:
-        raise ConfigError("no run directory", hint="pass --run DIR or set pipeline.run_dir in the config")
-    prompt_file = prompts or (Path(cfg.pipeline.prompts) if cfg.pipeline.prompts else None)
-    hint = f"janus run --config {config} --run {run_dir}"
-    outcomes = run_pipeline(
-        run_dir,
-        cfg,
-        prompt_file,
-        start,
-        stop,
-        progress=None if progress else False,
-        on_stage=_stage_printer(),
-        resume_hint=hint,
-    )
-    path = _write_report(run_dir) if report else None
-    console.print(_outputs_table(run_dir, outcomes, path))
-
-
-def _write_report(run: Path) -> Path:
-    from janus_data.report import build_report
-
-    return build_report(run).path
+    result = run_chain(cfg, config, run, prompts, start, stop, report, bars(progress), on_stage=show_outcome)
+    show(outputs_table(result.run_dir, result.outcomes, result.report))
 
 
 @data_app.command("report")
@@ -519,10 +389,9 @@ def data_report(
     Example: janus data report --run runs/demo   (then open runs/demo/report/index.html)
     """
     quiet_libraries()
-    from janus_data.report import build_report, report_table
+    from janus_train import stages
 
-    result = build_report(run, out, prompts_shown=prompts_shown)
-    console.print(report_table(result))
+    show_stage("report", stages.report(run, out, prompts_shown=prompts_shown))
 
 
 @app.command("demo")
@@ -537,30 +406,14 @@ def demo(
     Example: janus demo --run runs/demo
     """
     quiet_libraries()
-    from janus_data.config import PROJECT_ROOT, load_config
-    from janus_data.contact import contact_sheet
-    from janus_train.pipeline import run_pipeline
+    from janus_data.config import demo_prompts_path
+    from janus_train.demo import NOTE, run_demo
+    from janus_train.summary import outputs_table
 
-    prompts = PROJECT_ROOT / "manifests" / "demo_prompts.jsonl"
-    note = "tiny random models on CPU: they demonstrate the mechanics, not image quality"
-    console.print(f"[bold]janus demo[/]: {note}.")
-    outcomes = run_pipeline(
-        run,
-        load_config("tiny"),
-        prompts,
-        progress=None if progress else False,
-        on_stage=_stage_printer(),
-        resume_hint=f"janus demo --run {run}",
-    )
-    sheet = contact_sheet(run, run / "contact_sheet.png")
-    report = _write_report(run)
-    console.print(_outputs_table(run, outcomes, None))
-    console.print(
-        f"contact sheet: {sheet}\nreport: {report}  (open it in a browser)\n"
-        f"inspect: python -c \"import polars as pl; print(pl.read_parquet('{run}/manifests/samples/samples.parquet'))\"\n"
-        f"[bold]Remember[/]: {note}.",
-        highlight=False,
-    )
+    prompts = demo_prompts_path()
+    console.print(f"[bold]janus demo[/]: {NOTE}.")
+    result = run_demo(run, prompts, progress=bars(progress), on_stage=show_outcome)
+    show(outputs_table(result.run_dir, result.outcomes), result.epilogue())
 
 
 def main() -> None:

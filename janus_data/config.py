@@ -10,15 +10,20 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
 
 from janus_data.errors import ConfigError, one_line
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PRESET_DIR = PROJECT_ROOT / "configs"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+# Shipped as package data, read through importlib.resources: an installed wheel has no checkout to look in.
+PRESET_DIR = resources.files("janus_data") / "presets"
+DEMO_PROMPTS = resources.files("janus_data") / "assets" / "demo_prompts.jsonl"
 
 
 @dataclass(frozen=True)
@@ -435,9 +440,10 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors for a missing or malformed file."""
-    path = Path(path)
+def read_yaml(path: str | Path | Traversable) -> dict[str, Any]:
+    """Read a YAML mapping (a file, or a shipped preset), with one-line errors for a missing or malformed file."""
+    if isinstance(path, str):
+        path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}", hint="pass an existing YAML file or a preset name")
     try:
@@ -453,10 +459,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def preset_names() -> list[str]:
     """Names of the shipped presets."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in PRESET_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
-def resolve_presets(path: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def demo_prompts_path() -> Path:
+    """The prompt file `janus demo` runs on, shipped in the package, as a path on disk."""
+    if not isinstance(DEMO_PROMPTS, Path):  # e.g. imported from a zip archive: no file to hand to readers
+        raise ConfigError(
+            f"the bundled demo prompts are not a file on disk ({DEMO_PROMPTS})",
+            hint="install janus-r1 as a directory (pip install), not as a zip archive",
+        )
+    return DEMO_PROMPTS
+
+
+def resolve_presets(path: Path | Traversable, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """A YAML file's mapping over the chain of presets it starts from (`preset: NAME`, which may have its own)."""
     data = read_yaml(path)
     base = data.pop("preset", None)

@@ -30,12 +30,13 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from janus_data.checks import require_manifests
 from janus_data.config import FilterConfig, JanusRunConfig, to_dict
 from janus_data.errors import JanusError, RunDirError
 from janus_data.manifest import atomic_write, manifest_dir, part_files, scan_manifest, write_parquet_atomic
 from janus_data.progress import stage_progress
 from janus_data.prompts import PROMPTS_KIND
-from janus_data.rundir import save_run_config
+from janus_data.rundir import SFT_DIR, STATE_FILE, save_run_config
 from janus_data.score import SCORE_SCHEMA
 from janus_data.select import TASKS, labelled_reason, pool, select_all
 from janus_data.storage import EXTENSIONS, read_image_bytes
@@ -43,8 +44,6 @@ from janus_data.synth import IMAGE_SCHEMA
 from janus_data.wds import TarShardWriter
 
 FORMAT_VERSION = 2  # 2: labels follow the judge's own answer (judge_labels), generator roles
-SFT_DIR = "sft"
-STATE_FILE = "state.json"
 PROGRESS_FILE = "progress.json"
 # Which images of a sample go into the shard, under which member prefix, and whether the
 # trainer embeds them through the generation path (then their VQ codes go in too).
@@ -110,13 +109,6 @@ class FilterResult:
 
 
 # ---------------------------------------------------------------- inputs and selection
-
-
-def require_manifests(run_dir: Path) -> None:
-    """Every input manifest exists, or a one-line error says which stage to run."""
-    for kind, stage in ((PROMPTS_KIND, "synth"), ("images", "synth"), ("scores", "score")):
-        if not part_files(run_dir, kind):
-            raise RunDirError(f"run {run_dir} has no {kind} manifest", hint=f"run `janus data {stage}` on it first")
 
 
 def fingerprint(run_dir: Path, cfg: JanusRunConfig) -> str:

@@ -10,11 +10,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
-
-import polars as pl
+from typing import IO, TYPE_CHECKING
 
 from janus_data.errors import RunDirError
+
+if TYPE_CHECKING:  # polars is imported where a frame is read: the trainers and quick checks need none
+    import polars as pl
 
 MANIFEST_DIR = "manifests"
 
@@ -55,6 +56,8 @@ def part_files(run_dir: Path, kind: str) -> list[Path]:
 
 def scan_manifest(run_dir: Path, kind: str, schema: dict[str, pl.DataType] | None = None) -> pl.LazyFrame:
     """Lazy union of every part of a manifest; empty (with `schema`) when none exists yet."""
+    import polars as pl
+
     parts = part_files(run_dir, kind)
     if not parts:
         return pl.LazyFrame(schema=schema or {})

@@ -3,22 +3,27 @@
 A model reference is a local directory (saved with save_pretrained), a hub id
 ('org/name'), or 'tiny:<name>' for a tiny random model that is built once into the
 cache and then loaded with from_pretrained like any other checkpoint.
+
+torch is imported by the functions that need it, so checking a reference costs no torch import.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from janus_data.config import RuntimeConfig
 from janus_data.errors import ConfigError, ModelError, one_line
+
+if TYPE_CHECKING:
+    import torch
 
 TINY_VERSION = "v3"
 
@@ -61,6 +66,16 @@ def tiny_model_path(name: str) -> Path:
     return target
 
 
+def build_tiny(name: str, out: Path | None = None, seed: int = 0) -> Path:
+    """`janus models tiny`: tiny model `name` saved to `out` (built with `seed`), or the cached one."""
+    if out is None:
+        return tiny_model_path(name)
+    if name not in TINY_MODELS:
+        raise ModelError(f"unknown tiny model '{name}'", hint=f"choose from {', '.join(sorted(TINY_MODELS))}")
+    build = tiny_builder(name)
+    return build(out) if seed == 0 else build(out, seed)
+
+
 def resolve_model(ref: str) -> str:
     """Turn a model reference into what from_pretrained takes, or raise ModelError."""
     if ref.startswith("tiny:"):
@@ -89,11 +104,83 @@ def loading(kind: str, ref: str, hint: str) -> Iterator[None]:
     try:
         yield
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        if _not_in_cache(ref, err):
+            # The hint the caller passes names the default checkpoints, which is what just failed.
+            raise ModelError(
+                f"cannot load {kind} checkpoint '{ref}': {offline_reason()}", hint=fetch_hint(ref)
+            ) from None
         raise ModelError(f"cannot load {kind} checkpoint '{ref}': {one_line(err)}", hint=hint) from None
+
+
+_NETWORK_ERRORS = ("ConnectError", "ConnectTimeout", "gaierror")  # httpx's, and a failed DNS lookup
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub read it."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def offline_reason() -> str:
+    """Why a hub id could not be loaded: not in the local cache, and the hub not asked or not reached."""
+    reached = "HF_HUB_OFFLINE is set, so the hub was not asked" if hub_offline() else "the hub could not be reached"
+    return f"it is not (fully) in the local Hugging Face cache and {reached}"
+
+
+def fetch_hint(ref: str) -> str:
+    """How to get hub checkpoint `ref` onto a machine that cannot download it (not: 'use `ref`')."""
+    online = "unset HF_HUB_OFFLINE (or set it to 0)" if hub_offline() else "check this machine's network or proxy"
+    return (
+        f"download it where the hub is reachable (`hf download {ref} --local-dir DIR`), copy DIR here and pass "
+        f"that directory instead of the hub id; or {online}; or try the pipeline with --config tiny"
+    )
+
+
+def _not_in_cache(ref: str, err: BaseException) -> bool:
+    """`ref` is a hub id whose files are not all on this machine, and the hub could not be asked for them."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if ref.startswith("tiny:") or Path(ref).expanduser().exists():
+        return False
+    seen: BaseException | None = err
+    for _ in range(8):  # transformers and diffusers wrap the hub's (or httpx's) error in their own
+        if seen is None:
+            return False
+        if isinstance(seen, (LocalEntryNotFoundError, ConnectionError)) or type(seen).__name__ in _NETWORK_ERRORS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+# The name transformers' forwards take the KV cache by: `cache` from 5.24 on, `past_key_values` before.
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+def cache_keyword(module) -> str:
+    """The keyword a transformers model's or decoder layer's forward takes its KV cache by, from its signature.
+
+    Both forwards also take **kwargs, so the wrong name is swallowed silently and no cache is kept.
+    """
+    params = inspect.signature(module.forward).parameters
+    return next((name for name in CACHE_KEYWORDS if name in params), "past_key_values")
+
+
+def cache_not_written(where: str, keyword: str) -> ModelError:
+    """The one-line error for a forward that ignored the KV cache it was handed (its images would be noise)."""
+    import transformers
+
+    return ModelError(
+        f"{where} did not write the KV cache passed as '{keyword}=' under transformers {transformers.__version__}: "
+        "every token after the first would ignore the prompt",
+        hint="install a transformers version in the tested range (pyproject.toml; docs/models.md, 'Dependency floors')",
+    )
 
 
 def resolve_device(runtime: RuntimeConfig) -> torch.device:
     """'auto' picks cuda when available, else cpu."""
+    import torch
+
     if runtime.device == "auto":
         if torch.cuda.is_available():
             from janus_data.dist import local_device_index
@@ -109,13 +196,15 @@ def resolve_device(runtime: RuntimeConfig) -> torch.device:
     return device
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_dtype(runtime: RuntimeConfig, device: torch.device) -> torch.dtype:
     """'auto' gives bf16 on GPU and fp32 on CPU."""
+    import torch
+
     if runtime.dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if runtime.dtype not in _DTYPES:
         raise ConfigError(f"runtime.dtype '{runtime.dtype}' is unknown", hint=f"use auto or one of {list(_DTYPES)}")
-    return _DTYPES[runtime.dtype]
+    return getattr(torch, runtime.dtype)

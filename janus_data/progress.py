@@ -52,17 +52,34 @@ def stage_progress(enabled: bool | None = None) -> Progress:
     )
 
 
+# transformers reads these when it is imported; diffusers reads its verbosity and follows the hub's
+# progress-bar switch in `quiet_diffusers`. Set here, nothing heavy is imported before a command
+# has checked its inputs.
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+}
+
+
 def quiet_libraries() -> None:
     """Silence transformers/diffusers progress bars and chatter; our own bars say enough."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    if "transformers" in sys.modules:  # already imported: its environment was read before this call
+        import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    try:
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    if "diffusers" in sys.modules:
+        quiet_diffusers()
+
+
+def quiet_diffusers() -> None:
+    """diffusers' loading bar has no environment switch: follow the hub's (set by `quiet_libraries`)."""
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "").strip().lower() in ("1", "on", "yes", "true"):
         import diffusers
-    except ImportError:  # a judge-only or GPU-benchmark environment
-        return
-    diffusers.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
+
+        diffusers.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()

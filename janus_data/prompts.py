@@ -2,10 +2,14 @@
 
 A prompt's id is a hash of its normalised text, so the same prompt gets the same id whatever
 file or format it came from, and every later record (image, score, sample) joins on it.
+
+polars and pyarrow are imported only to build or read a frame (and to read Parquet/CSV), so
+`check_prompt_file` finds a missing or malformed JSONL/text file before any heavy import.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -14,33 +18,47 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import polars as pl
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from janus_data.errors import PromptError, one_line
-from janus_data.manifest import manifest_dir, read_manifest, write_parquet_atomic
+from janus_data.manifest import manifest_dir, part_files, read_manifest, write_parquet_atomic
+
+if TYPE_CHECKING:
+    import polars as pl
 
 PROMPTS_KIND = "prompts"
 PROMPTS_FILE = "prompts.parquet"
 
-PROMPT_SCHEMA: dict[str, pl.DataType] = {
-    "prompt_id": pl.String(),
-    "prompt": pl.String(),
-    "source": pl.String(),
-    "source_id": pl.String(),
-    "tags": pl.List(pl.String()),
-    "n_occurrences": pl.Int32(),
-}
+
+@functools.cache
+def prompt_schema() -> dict[str, pl.DataType]:
+    """The prompts manifest's columns (`PROMPT_SCHEMA`), built on first use so reading rows needs no polars."""
+    import polars as pl
+
+    return {
+        "prompt_id": pl.String(),
+        "prompt": pl.String(),
+        "source": pl.String(),
+        "source_id": pl.String(),
+        "tags": pl.List(pl.String()),
+        "n_occurrences": pl.Int32(),
+        "metadata": pl.String(),
+    }
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PROMPT_SCHEMA":
+        return prompt_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _JSONL_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 _CSV_SEPARATORS = {".csv": ",", ".tsv": "\t"}
 _CSV_TAG_SPLIT = re.compile(r"[,;]")
 _MAX_ERROR_CHARS = 200
 
-# One raw row before normalisation: (prompt text or None, user id or None, tags).
-_Row = tuple[Any, Any, Any]
+# One raw row before normalisation: (prompt text or None, user id or None, tags, JSON metadata or None).
+_Row = tuple[Any, Any, Any, str | None]
 
 
 @dataclass(frozen=True)
@@ -69,26 +87,52 @@ def _hash(normalised: str) -> str:
 
 def load_prompts(path: str | Path) -> tuple[pl.DataFrame, PromptStats]:
     """Read a prompt source into PROMPT_SCHEMA rows, one per unique prompt, in first-seen order."""
+    return _merge_rows(_rows(Path(path), str(path)), str(path))
+
+
+def check_prompt_file(path: str | Path) -> None:
+    """Raise the PromptError `load_prompts` would, without deduplicating or building a frame.
+
+    JSON Lines and text files need neither polars nor pyarrow here, so a bad one fails in
+    milliseconds; Parquet and CSV files are read with polars, `datasets` directories with datasets.
+    """
     source = str(path)
-    p = Path(path)
+    n_rows = n_prompts = 0
+    for text, *_ in _rows(Path(path), source):
+        n_rows += 1
+        n_prompts += bool(text is not None and text.strip())  # what normalise_prompt leaves empty
+    if not n_prompts:
+        raise _no_prompts(source, n_rows)
+
+
+def require_prompts(run_dir: Path) -> None:
+    """The run holds a prompts manifest, or a PromptError that says how to give it one."""
+    if not part_files(Path(run_dir), PROMPTS_KIND):
+        raise PromptError(f"run {run_dir} has no prompts", hint="pass --prompts FILE")
+
+
+def _rows(p: Path, source: str) -> Iterator[_Row]:
+    """The raw rows of a prompt source, by its kind (a `datasets` directory, or a file's suffix)."""
     if p.is_dir():
-        rows = _dataset_rows(p, source)
-    elif not p.exists():
+        return _dataset_rows(p, source)
+    if not p.exists():
         raise PromptError(
             f"prompt file not found: {source}",
             hint="check the path; relative paths start from the current directory",
         )
-    else:
-        suffix = p.suffix.lower()
-        if suffix in _JSONL_SUFFIXES:
-            rows = _jsonl_rows(_read_text(p, source), source)
-        elif suffix == ".parquet":
-            rows = _frame_rows(_read_parquet(p, source), source, split_str_tags=False)
-        elif suffix in _CSV_SEPARATORS:
-            rows = _frame_rows(_read_csv(p, source, _CSV_SEPARATORS[suffix]), source, split_str_tags=True)
-        else:
-            rows = ((line, None, None) for line in _lines(_read_text(p, source)))
-    return _merge_rows(rows, source)
+    suffix = p.suffix.lower()
+    if suffix in _JSONL_SUFFIXES:
+        return _jsonl_rows(_read_text(p, source), source)
+    if suffix == ".parquet":
+        return _frame_rows(_read_parquet(p, source), source, split_str_tags=False)
+    if suffix in _CSV_SEPARATORS:
+        return _frame_rows(_read_csv(p, source, _CSV_SEPARATORS[suffix]), source, split_str_tags=True)
+    return ((line, None, None, None) for line in _lines(_read_text(p, source)))
+
+
+def _no_prompts(source: str, n_rows: int) -> PromptError:
+    detail = "it is empty" if n_rows == 0 else f"all {n_rows} rows are blank after whitespace normalisation"
+    return PromptError(f"{source} holds no prompts", hint=f"{detail}; add at least one non-empty prompt")
 
 
 def _merge_rows(rows: Iterable[_Row], source: str) -> tuple[pl.DataFrame, PromptStats]:
@@ -97,9 +141,10 @@ def _merge_rows(rows: Iterable[_Row], source: str) -> tuple[pl.DataFrame, Prompt
     texts: list[str] = []
     ids: list[str | None] = []
     tags: list[set[str]] = []
+    metadata: list[str | None] = []
     counts: list[int] = []
     n_rows = n_empty = 0
-    for text, source_id, row_tags in rows:
+    for text, source_id, row_tags, meta in rows:
         n_rows += 1
         norm = normalise_prompt(text) if text is not None else ""
         if not norm:
@@ -111,15 +156,20 @@ def _merge_rows(rows: Iterable[_Row], source: str) -> tuple[pl.DataFrame, Prompt
             texts.append(norm)
             ids.append(source_id)
             tags.append(set(row_tags or ()))
+            metadata.append(meta)
             counts.append(1)
         else:
             counts[i] += 1
             tags[i].update(row_tags or ())
             if ids[i] is None:
                 ids[i] = source_id
+            if metadata[i] is None:
+                metadata[i] = meta
     if not texts:
-        detail = "it is empty" if n_rows == 0 else f"all {n_rows} rows are blank after whitespace normalisation"
-        raise PromptError(f"{source} holds no prompts", hint=f"{detail}; add at least one non-empty prompt")
+        raise _no_prompts(source, n_rows)
+    import polars as pl
+    import pyarrow as pa
+
     df = pl.DataFrame(
         {
             "prompt_id": [_hash(t) for t in texts],
@@ -129,8 +179,9 @@ def _merge_rows(rows: Iterable[_Row], source: str) -> tuple[pl.DataFrame, Prompt
             # through Arrow: polars builds a list column from Python lists ~5x slower
             "tags": pa.array([sorted(t) for t in tags], type=pa.list_(pa.string())),
             "n_occurrences": counts,
+            "metadata": metadata,
         },
-        schema=PROMPT_SCHEMA,
+        schema=prompt_schema(),
     )
     n_dup = n_rows - n_empty - len(texts)
     return df, PromptStats(rows_read=n_rows, empty_dropped=n_empty, duplicates_merged=n_dup, unique=len(texts))
@@ -171,7 +222,11 @@ def _lines(text: str) -> list[str]:
 
 
 def _jsonl_rows(text: str, source: str) -> Iterator[_Row]:
-    """One row per non-blank JSON Lines line; errors name the 1-based line number."""
+    """One row per non-blank JSON Lines line; errors name the 1-based line number.
+
+    GenEval's metadata lines ({"tag": "counting", "include": [...], "prompt": ...}) keep their
+    `tag` among the tags, and every line is kept whole, as written, as the row's JSON `metadata`.
+    """
     example = 'write one object per line, e.g. {"prompt": "a red cube", "id": "p1", "tags": ["color"]}'
     for n, line in enumerate(_lines(text), start=1):
         if not line.strip():
@@ -193,7 +248,11 @@ def _jsonl_rows(text: str, source: str) -> Iterator[_Row]:
         tags = _clean_tags(obj.get("tags"), split_str=False)
         if tags is None:
             raise PromptError(f"{source}: line {n} has 'tags' that are not a string or a list of strings", hint=example)
-        yield prompt, None if raw_id is None else str(raw_id), tags
+        raw_tag = obj.get("tag")
+        if raw_tag is not None and not isinstance(raw_tag, str):
+            raise PromptError(f"{source}: line {n} has a 'tag' that is not a string", hint=example)
+        tag = _clean_tags(raw_tag, split_str=False) or []
+        yield prompt, None if raw_id is None else str(raw_id), [*tags, *tag], line.strip()
 
 
 def _clean_tags(value: Any, split_str: bool) -> list[str] | None:
@@ -210,6 +269,8 @@ def _clean_tags(value: Any, split_str: bool) -> list[str] | None:
 
 
 def _read_parquet(path: Path, source: str) -> pl.DataFrame:
+    import polars as pl
+
     try:
         return pl.read_parquet(path)
     except Exception as err:
@@ -224,6 +285,8 @@ def _read_csv(path: Path, source: str, separator: str) -> pl.DataFrame:
     _decode_utf8(data, source)  # the same clear message as for text files, before polars sees it
     if not data.strip():
         raise PromptError(f"{source} holds no prompts", hint="it is empty; add a 'prompt' header and rows")
+    import polars as pl
+
     try:
         return pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False)
     except Exception as err:
@@ -246,6 +309,8 @@ def _require_prompt_column(columns: list[str], source: str, rename_hint: str = "
 
 def _frame_rows(df: pl.DataFrame, source: str, split_str_tags: bool, rename_hint: str = "") -> Iterator[_Row]:
     """Rows of a table with a 'prompt' column and optional 'id' and 'tags' columns."""
+    import polars as pl
+
     _require_prompt_column(df.columns, source, rename_hint)
     if df.schema["prompt"] != pl.String:
         raise PromptError(
@@ -271,7 +336,7 @@ def _frame_rows(df: pl.DataFrame, source: str, split_str_tags: bool, rename_hint
                 f"column 'tags' of {source} holds {df.schema['tags']}, not strings or lists of strings",
                 hint="store tags as a list of strings per row",
             )
-        yield prompts[i], ids[i], row_tags
+        yield prompts[i], ids[i], row_tags, None
 
 
 def _dataset_rows(path: Path, source: str) -> Iterator[_Row]:
@@ -311,14 +376,26 @@ def _dataset_rows(path: Path, source: str) -> Iterator[_Row]:
 
 def read_prompts_manifest(run_dir: Path) -> pl.DataFrame:
     """The run's prompts manifest; an empty PROMPT_SCHEMA frame when none was written yet."""
-    df = read_manifest(Path(run_dir), PROMPTS_KIND, PROMPT_SCHEMA)
-    return df.select(list(PROMPT_SCHEMA)).cast(PROMPT_SCHEMA)
+    return _conform(read_manifest(Path(run_dir), PROMPTS_KIND, prompt_schema()))
+
+
+def _conform(df: pl.DataFrame) -> pl.DataFrame:
+    """PROMPT_SCHEMA's columns in order; one a frame lacks (`metadata` before it existed) is null."""
+    import polars as pl
+
+    schema = prompt_schema()
+    missing = [c for c in schema if c not in df.columns]
+    df = df.with_columns(pl.lit(None, dtype=schema[c]).alias(c) for c in missing)
+    return df.select(list(schema)).cast(schema)
 
 
 def write_prompts_manifest(run_dir: Path, df: pl.DataFrame) -> Path:
     """Merge `df` into the run's prompts manifest (existing rows first) and write it atomically."""
+    import polars as pl
+
+    schema = prompt_schema()
     existing = read_prompts_manifest(run_dir)
-    new = df.select(list(PROMPT_SCHEMA)).cast(PROMPT_SCHEMA)
+    new = _conform(df)
     # Existing rows keep their place and text; a prompt seen again only gains tags, and its
     # count is the max (summing would double-count when the same file is loaded twice).
     merged = (
@@ -330,9 +407,10 @@ def write_prompts_manifest(run_dir: Path, df: pl.DataFrame) -> Path:
             pl.col("source_id").drop_nulls().first(),
             pl.col("tags").explode().drop_nulls().unique().sort(),
             pl.col("n_occurrences").max(),
+            pl.col("metadata").drop_nulls().first(),
         )
-        .select(list(PROMPT_SCHEMA))
-        .cast(PROMPT_SCHEMA)
+        .select(list(schema))
+        .cast(schema)
     )
     path = manifest_dir(Path(run_dir), PROMPTS_KIND) / PROMPTS_FILE
     return write_parquet_atomic(merged, path)

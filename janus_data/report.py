@@ -26,7 +26,7 @@ from rich.table import Table
 from janus_data import plots
 from janus_data.errors import JanusError
 from janus_data.report_data import RunData, load_run
-from janus_data.rundir import CONFIG_FILE
+from janus_data.rundir import CONFIG_FILE, first_latest_table
 from janus_data.score import STATUSES, THRESHOLDS
 from janus_data.storage import open_image
 
@@ -279,8 +279,7 @@ def _series(rows: list[dict], keys: dict[str, str]) -> dict[str, tuple[list[floa
 
 
 def _first_latest(rows: list[dict], keys: dict[str, str]) -> str:
-    series = _series(rows, keys)
-    return table(["metric", "first", "latest"], [[k, fmt(v[1][0]), fmt(v[1][-1])] for k, v in series.items()])
+    return table(*first_latest_table(rows, keys, fmt))
 
 
 def curves(d: RunData, a: Assets, kind: str, stage: str, spec: tuple, summary: dict[str, str]) -> str:

@@ -9,11 +9,11 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from janus_data.errors import RunDirError
-from janus_data.filter import SFT_DIR, STATE_FILE, samples_path
-from janus_data.manifest import part_files, scan_manifest
+from janus_data.checks import require_report_inputs
+from janus_data.filter import samples_path
+from janus_data.manifest import scan_manifest
 from janus_data.prompts import read_prompts_manifest
-from janus_data.rundir import CKPT_DIRS, CONFIG_FILE, METRICS
+from janus_data.rundir import CKPT_DIRS, CONFIG_FILE, METRICS, SFT_DIR, STATE_FILE, read_metrics
 from janus_data.score import SCORE_SCHEMA
 from janus_data.synth import IMAGE_SCHEMA
 
@@ -48,20 +48,6 @@ class RunData:
 # ---------------------------------------------------------------- reading the run
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """One flat dict per line of a metrics.jsonl ({"loss": {"t2i": x}} -> {"loss/t2i": x}); torn lines skipped."""
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            nested = {f"{k}/{kk}": vv for k, v in row.items() if isinstance(v, dict) for kk, vv in v.items()}
-            rows.append({**row, **nested})
-    return rows
-
-
 def _latest_step(root: Path, metrics: list[dict]) -> int:
     """The later of the last logged step and the newest complete checkpoint (step-N/trainer_state.json)."""
     done = [p for p in root.glob("step-*") if p.name[5:].isdigit() and (p / "trainer_state.json").is_file()]
@@ -71,9 +57,7 @@ def _latest_step(root: Path, metrics: list[dict]) -> int:
 def load_run(run_dir: Path) -> tuple[RunData, list[str]]:
     """Read every manifest, state and metrics file of a run, and notes on what could not be read."""
     run_dir = Path(run_dir)
-    if not part_files(run_dir, "images"):
-        what = "does not exist" if not run_dir.exists() else "has no image manifest"
-        raise RunDirError(f"run {run_dir} {what}", hint=f"run `janus data synth --run {run_dir}` first, or fix --run")
+    require_report_inputs(run_dir)
     notes = []
     config_path = run_dir / CONFIG_FILE
     config_text = config_path.read_text() if config_path.is_file() else ""

@@ -26,6 +26,7 @@ from pathlib import Path
 import polars as pl
 from PIL import Image
 
+from janus_data.checks import require_images
 from janus_data.config import JanusRunConfig
 from janus_data.dist import Shard
 from janus_data.errors import JanusError, RunDirError, one_line
@@ -236,8 +237,7 @@ def run_score(
     """Score every image of this rank's slice of the run that has no score row yet."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    if not (manifest_dir(run_dir, "images")).exists():
-        raise RunDirError(f"run {run_dir} has no image manifest", hint="run `janus data synth` on it first")
+    require_images(run_dir)
     ensure_writable(run_dir)
     clean_temp_files(manifest_dir(run_dir, "scores"))
     result = ScoreResult(run_dir, shard, retry_errors=cfg.score.retry_errors)

@@ -23,7 +23,6 @@ from PIL import Image
 
 from janus_data.config import JanusRunConfig, SynthConfig, split_counts
 from janus_data.dist import Shard
-from janus_data.errors import PromptError
 from janus_data.manifest import (
     clean_temp_files,
     ensure_writable,
@@ -33,7 +32,13 @@ from janus_data.manifest import (
 )
 from janus_data.models import resolve_device, resolve_dtype, resolve_model
 from janus_data.progress import stage_progress
-from janus_data.prompts import PromptStats, load_prompts, read_prompts_manifest, write_prompts_manifest
+from janus_data.prompts import (
+    PromptStats,
+    load_prompts,
+    read_prompts_manifest,
+    require_prompts,
+    write_prompts_manifest,
+)
 from janus_data.rundir import rank_dir, save_run_config
 from janus_data.seeds import derive_seed, image_id_for, shard_of
 from janus_data.storage import EXTENSIONS, ShardWriter, encode_image, repair_shards
@@ -232,9 +237,8 @@ def run_synth(
     ensure_writable(run_dir)
     if prompts_path is not None:
         write_prompts_manifest(run_dir, prompts_df)
+    require_prompts(run_dir)
     prompts = read_prompts_manifest(run_dir)
-    if prompts.height == 0:
-        raise PromptError(f"run {run_dir} has no prompts", hint="pass --prompts FILE")
     clean_temp_files(manifest_dir(run_dir, "images"))
     result = SynthResult(Path(run_dir), shard, prompts.height, prompt_stats)
     result.shards_repaired = repair_rank_shards(run_dir, scfg.generators, shard.rank)

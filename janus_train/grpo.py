@@ -40,9 +40,9 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import torch
 from PIL import Image
 
@@ -93,6 +93,9 @@ from janus_train.steps import (
     touch_trainable_heads,
     wrap_parallel,
 )
+
+if TYPE_CHECKING:  # frames come from janus_data.prompts; the trainer itself needs no polars
+    import polars as pl
 
 CKPT_DIR = CKPT_DIRS["rl"]
 

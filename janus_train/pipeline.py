@@ -16,7 +16,8 @@ Each stage is already resumable on its own (it does only the missing work). The 
   resumes it. Completed stages stay recorded.
 
 It runs in one process: the stages' own commands are the way to spread a stage over a
-cluster (docs/scaling.md).
+cluster (docs/scaling.md). A prompt file is checked before anything is written; each stage's
+inputs are checked before its libraries are imported (`janus_train.stages`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from janus_data.config import JanusRunConfig, to_dict
-from janus_data.errors import JanusError, one_line
+from janus_data.errors import ConfigError, JanusError, one_line
 from janus_data.manifest import atomic_write
-from janus_data.rundir import save_run_config
+from janus_data.prompts import check_prompt_file
+from janus_data.rundir import CKPT_DIRS, save_run_config
+from janus_train import stages
+from janus_train.stages import STAGES
 
-STAGES = ("synth", "score", "filter", "sft", "rl")
 RECORD_DIR = "pipeline"
 # The config each stage's output depends on, beyond its own section.
 _DEPENDS = {
@@ -74,9 +77,19 @@ def fingerprint(cfg: JanusRunConfig, stage: str, upstream: str, prompts: Path | 
         "depends": {key: _lookup(tree, key) for key in _DEPENDS[stage]},
     }
     if stage == "synth" and prompts is not None:
-        parts["prompts"] = hashlib.sha256(Path(prompts).read_bytes()).hexdigest()
+        parts["prompts"] = _digest(Path(prompts))
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _digest(path: Path) -> str:
+    """sha256 of a prompt file's bytes, or of every file (name and bytes) of a saved `datasets` directory."""
+    if not path.is_dir():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(p.relative_to(path).as_posix().encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def record_path(run_dir: Path, stage: str) -> Path:
@@ -123,28 +136,19 @@ def run_pipeline(
     `on_stage` is called after each stage (ran or skipped), e.g. to print its summary.
     `resume_hint` is the command line a failure message tells the user to rerun.
     """
-    from janus_data.filter import run_filter
-    from janus_data.score import run_score
-    from janus_data.synth import run_synth
-    from janus_train.checkpoint import latest_checkpoint
-    from janus_train.grpo import CKPT_DIR as RL_DIR
-    from janus_train.grpo import run_rl
-    from janus_train.sft import CKPT_DIR as SFT_DIR
-    from janus_train.sft import run_sft
-
     run_dir = Path(run_dir)
     selected = stage_range(start, stop)
+    if prompts is not None:  # before anything is written: a wrong path leaves no run directory behind
+        check_prompt_file(prompts)
     save_run_config(run_dir, cfg)
     runners: dict[str, Callable[[], Any]] = {
-        "synth": lambda: run_synth(run_dir, cfg, prompts, progress=progress),
-        "score": lambda: run_score(run_dir, cfg, progress=progress),
-        "filter": lambda: run_filter(run_dir, cfg, progress=progress),
-        "sft": lambda: run_sft(
-            run_dir, cfg, resume=latest_checkpoint(run_dir / SFT_DIR) is not None, progress=progress
-        ),
-        "rl": lambda: run_rl(run_dir, cfg, resume=latest_checkpoint(run_dir / RL_DIR) is not None, progress=progress),
+        "synth": lambda: stages.synth(run_dir, cfg, prompts, progress=progress),
+        "score": lambda: stages.score(run_dir, cfg, progress=progress),
+        "filter": lambda: stages.filter_(run_dir, cfg, progress=progress),
+        "sft": lambda: stages.sft(run_dir, cfg, resume=_has_checkpoint(run_dir, "sft"), progress=progress),
+        "rl": lambda: stages.rl(run_dir, cfg, resume=_has_checkpoint(run_dir, "rl"), progress=progress),
     }
-    trainers = {"sft": SFT_DIR, "rl": RL_DIR}
+    trainers = {"sft": CKPT_DIRS["sft"], "rl": CKPT_DIRS["rl"]}
     outcomes = []
     upstream = ""
     for stage in STAGES:
@@ -180,3 +184,40 @@ def run_pipeline(
         if on_stage is not None:
             on_stage(outcome)
     return outcomes
+
+
+def _has_checkpoint(run_dir: Path, stage: str) -> bool:
+    """A trainer stopped midway left a checkpoint: it resumes from it."""
+    from janus_train.checkpoint import latest_checkpoint
+
+    return latest_checkpoint(run_dir / CKPT_DIRS[stage]) is not None
+
+
+@dataclass
+class ChainResult:
+    """What `janus run` did: each selected stage's outcome, and the report it wrote."""
+
+    run_dir: Path
+    outcomes: list[StageOutcome]
+    report: Path | None = None
+
+
+def run_chain(
+    cfg: JanusRunConfig,
+    config: str,
+    run_dir: Path | None = None,
+    prompts: Path | None = None,
+    start: str | None = None,
+    stop: str | None = None,
+    report: bool = True,
+    progress: bool | None = None,
+    on_stage: Callable[[StageOutcome], None] | None = None,
+) -> ChainResult:
+    """`janus run`: run dir and prompt file (flags, else the config's `pipeline`), the stages, the report."""
+    run_dir = run_dir or (Path(cfg.pipeline.run_dir) if cfg.pipeline.run_dir else None)
+    if run_dir is None:
+        raise ConfigError("no run directory", hint="pass --run DIR or set pipeline.run_dir in the config")
+    prompts = prompts or (Path(cfg.pipeline.prompts) if cfg.pipeline.prompts else None)
+    hint = f"janus run --config {config} --run {run_dir}"  # `config`: the preset or file, as the user gave it
+    outcomes = run_pipeline(run_dir, cfg, prompts, start, stop, progress, on_stage=on_stage, resume_hint=hint)
+    return ChainResult(run_dir, outcomes, stages.report(run_dir).path if report else None)

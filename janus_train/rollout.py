@@ -36,6 +36,7 @@ from PIL import Image
 from janus_data.generators.fast_loop import ImageTokenLoop
 from janus_data.generators.janus_loop import decode_image_tokens
 from janus_data.generators.sampling import SamplerParams, counter_uniform
+from janus_data.models import cache_keyword, cache_not_written
 from janus_data.vq import VQEncoder
 from janus_train.losses import batch_embeds, collate
 from janus_train.sequences import SequenceBuilder
@@ -193,6 +194,7 @@ class RolloutEngine:
         positions = batch.position_ids
         lm = self.model.model.language_model
         cache = DynamicCache(config=lm.config)
+        cache_kw = cache_keyword(lm)
         rows = len(prompts)
         stream = stage_seeds(seeds, 2).to(self.device)
         temp = self.params.text_temperature
@@ -204,7 +206,11 @@ class RolloutEngine:
         first = torch.tensor([self.yes_ids[0], self.no_ids[0]], device=self.device)
         limit = max(len(self.yes_ids), len(self.no_ids)) + self.params.reason_tokens
         for step in range(limit):
-            out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+            out = lm(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache}
+            )
+            if step == 0 and cache.get_seq_length() == 0:
+                raise cache_not_written("the language model", cache_kw)
             scaled = self.model.lm_head(out.last_hidden_state[:, -1]).float() / temp
             if step == 0:  # the forced answer: a two-way softmax over the words' first tokens
                 scaled = torch.full_like(scaled, float("-inf")).index_copy_(1, first, scaled[:, first])

@@ -1,59 +1,119 @@
-"""The training stages' summary tables."""
+"""What the CLI prints after each stage: the stages' summary tables and the `janus run` outputs table."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.table import Table
 
-from janus_train.grpo import RLResult
-from janus_train.sft import TASKS, SFTResult
+from janus_data.rundir import CKPT_DIRS, METRICS, first_latest_table, read_metrics
+from janus_train.data import TASKS
+from janus_train.stages import STAGE_OUTPUTS
+
+if TYPE_CHECKING:
+    from janus_train.grpo import RLResult
+    from janus_train.pipeline import StageOutcome
+    from janus_train.sft import SFTResult
+
+# What the tables compare, and the report's tables too: the first and latest steps logged.
+LOGGED = "first/latest: the first and latest steps logged in {path}, as the report shows them"
 
 
-def sft_table(result: SFTResult) -> Table:
-    """Each task's loss at its first and latest step of this call, throughput, where the checkpoint is."""
-    title = f"janus train sft — steps {result.start_step} -> {result.end_step} of {result.max_steps}"
+def _metrics_table(title: str, run_dir: Path, stage: str, keys: dict[str, str], first_col: str) -> Table:
+    path = Path(run_dir) / CKPT_DIRS[stage] / METRICS
+    header, rows = first_latest_table(read_metrics(path), keys)
     table = Table(title=title, title_justify="left", box=box.SIMPLE)
-    for col in ("loss", "first", "latest"):
-        table.add_column(col, justify="left" if col == "loss" else "right", no_wrap=True)
-    for task in (*TASKS, "total"):
-        if task in result.last_loss:
-            first = result.first_loss.get(task)
-            table.add_row(task, "-" if first is None else f"{first:.4f}", f"{result.last_loss[task]:.4f}")
-    resumed = f"resumed from {result.resumed_from} · " if result.resumed_from else ""
-    table.caption = (
-        f"{resumed}{result.samples:,} samples on {result.world_size} process(es) at {result.samples_per_s:.2f} "
-        f"samples/s · wall {result.seconds:.1f} s\ncheckpoint: {result.checkpoint or '-'}"
-    )
+    for i, col in enumerate([first_col, *header[1:]]):
+        table.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
     table.caption_justify = "left"
     return table
 
 
-def rl_table(result: RLResult) -> Table:
-    """Rewards, self-check and regeneration rates at the first and latest step of this call, the time split."""
-    title = f"janus train rl — steps {result.start_step} -> {result.end_step} of {result.max_steps}"
-    table = Table(title=title, title_justify="left", box=box.SIMPLE)
-    for col in ("metric", "first", "latest"):
-        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=True)
-    rows = (
-        ("R1 = S(image 1)", "reward/r1"),
-        ("R2 = self-check", "reward/r2"),
-        ("R3 = S(final)", "reward/r3"),
-        ("self-check acc @0.5", "selfcheck_acc"),
-        ("regeneration rate", "regen_rate"),
-        ("Aha rate (S2 > S1)", "aha_rate"),
-        ("KL to reference", "kl"),
-        ("clip fraction", "clip_frac"),
+def sft_table(result: SFTResult) -> Table:
+    """Each task's loss at the first and latest logged step, throughput, where the checkpoint is."""
+    title = f"janus train sft — steps {result.start_step} -> {result.end_step} of {result.max_steps}"
+    keys = {task: f"loss/{task}" for task in (*TASKS, "total")}
+    table = _metrics_table(title, result.run_dir, "sft", keys, "loss")
+    resumed = f"resumed from {result.resumed_from} · " if result.resumed_from else ""
+    table.caption = (
+        f"{resumed}{result.samples:,} samples on {result.world_size} process(es) at {result.samples_per_s:.2f} "
+        f"samples/s · wall {result.seconds:.1f} s\ncheckpoint: {result.checkpoint or '-'}\n"
+        + LOGGED.format(path=Path(result.run_dir) / CKPT_DIRS["sft"] / METRICS)
     )
-    for label, key in rows:
-        if key in result.last:
-            table.add_row(label, f"{result.first.get(key, float('nan')):.4f}", f"{result.last[key]:.4f}")
+    return table
+
+
+RL_ROWS = {
+    "R1 = S(image 1)": "reward/r1",
+    "R2 = self-check": "reward/r2",
+    "R3 = S(final)": "reward/r3",
+    "self-check acc @0.5": "selfcheck_acc",
+    "regeneration rate": "regen_rate",
+    "Aha rate (S2 > S1)": "aha_rate",
+    "KL to reference": "kl",
+    "clip fraction": "clip_frac",
+}
+
+
+def rl_table(result: RLResult) -> Table:
+    """Rewards, self-check and regeneration rates at the first and latest logged step, the time split."""
+    title = f"janus train rl — steps {result.start_step} -> {result.end_step} of {result.max_steps}"
+    table = _metrics_table(title, result.run_dir, "rl", RL_ROWS, "metric")
     spent = sum(result.times.values()) or 1.0
     split = " · ".join(f"{k} {v:.1f} s ({100 * v / spent:.0f}%)" for k, v in result.times.items())
     resumed = f"resumed from {result.resumed_from} · " if result.resumed_from else ""
     table.caption = (
         f"{resumed}{result.rollouts:,} rollouts on {result.world_size} process(es) · scorer {result.scorer} · "
         f"reference refreshes {result.refreshes} · wall {result.seconds:.1f} s\n{split}\n"
-        f"checkpoint: {result.checkpoint or '-'}"
+        f"checkpoint: {result.checkpoint or '-'}\n"
+        + LOGGED.format(path=Path(result.run_dir) / CKPT_DIRS["rl"] / METRICS)
     )
-    table.caption_justify = "left"
+    return table
+
+
+def stage_summary(stage: str, result: Any) -> list[Any]:
+    """What to print after `stage` (or the report) ran: its headline and tables; nothing on processes other than 0."""
+    if stage == "sft":
+        return [sft_table(result)] if result.rank == 0 else []
+    if stage == "rl":
+        return [rl_table(result)] if result.rank == 0 else []
+    if stage == "report":
+        from janus_data.report import report_table
+
+        return [report_table(result)]
+    from janus_data import summaries
+
+    if stage == "synth":
+        out = [summaries.synth_headline(result), summaries.synth_table(result)]
+    elif stage == "score":
+        histogram = summaries.score_histogram(result) if result.histogram.height else None
+        out = [summaries.score_headline(result), summaries.score_table(result), histogram]
+    else:
+        out = [summaries.filter_headline(result), summaries.filter_table(result)]
+    return [part for part in out if part]
+
+
+def outcome_summary(outcome: StageOutcome) -> list[Any]:
+    """What `janus run` prints as it finishes a stage, or finds it already complete."""
+    if outcome.status == "skipped":
+        return [f"[dim]skip {outcome.stage}: already complete with these inputs[/]"]
+    return stage_summary(outcome.stage, outcome.result)
+
+
+def outputs_table(run_dir: Path, outcomes: list[StageOutcome], report: Path | None = None) -> Table:
+    """What the chain produced and where."""
+    table = Table(title=f"janus run — {run_dir}", title_justify="left", box=box.SIMPLE)
+    for col in ("stage", "status", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left", no_wrap=True, min_width=7)
+    table.add_column("outputs", overflow="fold")
+    for o in outcomes:
+        seconds = f"{o.seconds:.1f}" if o.status == "ran" else "-"
+        table.add_row(o.stage, o.status, seconds, f"{run_dir}/{STAGE_OUTPUTS[o.stage]}")
+    if report is not None:
+        table.caption = f"report: {report}"
+        table.caption_justify = "left"
     return table

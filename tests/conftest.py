@@ -1,8 +1,14 @@
-"""Shared fixtures: one tiny-model cache per test session, offline, no progress bars."""
+"""Shared fixtures: one tiny-model cache per test session, offline, no progress bars; the gpu marker.
+
+Nothing here is shared between test sessions: caches and runs live under pytest's per-session
+temp directory and ports are bound to 0, so two copies of the suite can run side by side.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,28 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip `gpu`-marked tests where torch sees no CUDA device (plain pytest is CPU-only)."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+        for item in gpu:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def dead_url() -> Iterator[str]:
+    """The URL of a port nobody listens on: bound here (so no other process can take it) but never
+    listening, so a connection is refused at once. A fixed port (9, 23333) is no such guarantee."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,4 +1,4 @@
-"""Test doubles around a judge server: a fault-injecting proxy that can replay, a silent socket, a closed port.
+"""Test doubles around a judge server: a fault-injecting proxy that can replay, a silent socket.
 
 No sleeps decide an outcome: a stalled request is held until the test ends, a barrier holds the
 first requests until enough have arrived, and a replayed answer does not wait on the model.
@@ -213,8 +213,3 @@ class Silent:
         self.sock.close()
         for conn in self.conns:
             conn.close()
-
-
-def closed_port() -> str:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from procs import HANG_S
 from typer.testing import CliRunner
 
 from cli import app
@@ -166,7 +167,7 @@ def test_shell_completion(words, cword, expected):
         capture_output=True,
         text=True,
         cwd=Path(__file__).parents[1],
-        timeout=60,
+        timeout=HANG_S,
     )
     assert set(out.stdout.split()) == expected, out.stderr
 
@@ -193,6 +194,7 @@ def check_demo_samples(run: Path) -> None:
                 assert np.array_equal(vq.encode([s["bad.png"]])[0], s["bad.npy"]), s["__key__"]
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path, janus_cache):
     res = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
     assert res.exit_code == 0, res.output

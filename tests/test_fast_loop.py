@@ -109,3 +109,46 @@ def test_static_kv_writes_at_the_device_slot():
     assert keys[0, 0, :, 0].tolist() == [1, 1, 3, 0, 0]
     assert values[0, 0, :, 0].tolist() == [2, 2, 4, 0, 0]
     assert kv.keys[0].abs().sum() == 0  # layer 0 untouched
+
+
+# Run in a child process: conftest puts Triton in interpreter mode for the CPU tests, and the
+# fused sampler must be compiled to run inside a captured CUDA graph.
+CUDA_GRAPH_CHECK = """
+import sys, torch
+from janus_data.config import JanusGenConfig
+from janus_data.generators.fast_loop import ImageTokenLoop
+from janus_data.generators.janus import JanusGenerator
+from janus_data.generators.janus_loop import cfg_inputs
+from janus_data.generators.sampling import SamplerParams
+path, prompts = sys.argv[1], sys.argv[2:]
+gen = JanusGenerator(JanusGenConfig(model=path, loop="reference"), torch.device("cuda"), torch.float32)
+ids, mask = gen.encode_prompts(prompts)
+embeds, mask = cfg_inputs(gen.model, ids, mask, bos_id=gen.bos_id, boi_id=gen.boi_id, pad_id=gen.pad_id)
+seeds = torch.arange(len(prompts), dtype=torch.int64) * 1009  # on the host, as JanusGenerator passes them
+graphed = ImageTokenLoop(gen.model, cuda_graph=True, pad_multiple=64)
+eager = ImageTokenLoop(gen.model, cuda_graph=False, pad_multiple=64)
+for params in (SamplerParams(), SamplerParams(cfg_weight=3.0, temperature=0.8, top_k=50, top_p=0.9)):
+    a, a_lp = graphed(embeds, mask, seeds, params, gen.num_image_tokens, True)  # captures the step
+    b, b_lp = eager(embeds, mask, seeds, params, gen.num_image_tokens, True)
+    c, _ = graphed(embeds, mask, seeds, params, gen.num_image_tokens, True)  # replays it
+    assert graphed.use_graph and not eager.use_graph
+    assert torch.equal(a, b) and torch.equal(a, c), params
+    torch.testing.assert_close(a_lp, b_lp, rtol=1e-5, atol=1e-5)
+print("ok")
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_cuda_graph_loop_equals_the_eager_loop_on_cuda(tiny_janus):
+    """The captured decode step (compiled sampler, CUDA graph, replayed) draws the eager loop's tokens."""
+    import os
+    import subprocess
+    import sys
+
+    from procs import HANG_S, REPO
+
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    cmd = [sys.executable, "-c", CUDA_GRAPH_CHECK, str(tiny_janus), *PROMPTS]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S, env=env, cwd=REPO)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-3000:]

@@ -17,6 +17,7 @@ import pytest
 import torch
 import webdataset
 from PIL import Image
+from procs import HANG_S
 
 from janus_data.config import load_config, with_overrides
 from janus_data.errors import RunDirError
@@ -272,12 +273,13 @@ def test_no_passing_image_is_a_clear_error(run):
     assert not (run / "sft").exists()
 
 
+@pytest.mark.slow
 def test_cli_filter_and_bad_threshold(run):
     base = [sys.executable, str(REPO / "cli.py"), "data", "filter", "--run", str(run), "--no-progress"]
-    bad = subprocess.run([*base, "--threshold", "1.5"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([*base, "--threshold", "1.5"], capture_output=True, text=True, timeout=HANG_S)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "threshold" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
-    ok = subprocess.run([*base, "--threshold", str(THRESHOLD)], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([*base, "--threshold", str(THRESHOLD)], capture_output=True, text=True, timeout=HANG_S)
     assert ok.returncode == 0, ok.stderr
     assert "self-evaluation" in ok.stderr and "runs dry" in ok.stderr
     assert "error" not in ok.stderr

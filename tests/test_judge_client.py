@@ -11,7 +11,7 @@ import threading
 
 import httpx
 import pytest
-from judge_fakes import FIXTURES, Proxy, Replay, Silent, closed_port, encoded, lmdeploy_fixture, noise
+from judge_fakes import FIXTURES, Proxy, Replay, Silent, encoded, lmdeploy_fixture, noise
 
 from janus_data.errors import JudgeServerError
 from janus_data.judge import client as client_mod
@@ -167,13 +167,13 @@ def test_a_refusal_of_every_request_stops_the_batch(server, sent):
 # ---------------------------------------------------------------- faults
 
 
-@pytest.mark.parametrize("fault", ["drop", "500", "stall"])
+@pytest.mark.parametrize("fault", ["drop", "500", pytest.param("stall", marks=pytest.mark.slow)])
 def test_faults_are_retried(server, sent, recorded, fault):
     want, answers = recorded
     faults = {1: "stall"} if fault == "stall" else {0: fault, 3: fault, 4: fault}
-    # Replayed answers take milliseconds, so only the stalled request can meet the 5 s timeout.
+    # Replayed answers take milliseconds, so only the stalled request can meet the 10 s timeout.
     with Proxy(server.url, faults=faults, replay=answers) as proxy:
-        got = ServerJudge([proxy.url], model="tiny-judge", **{**FAST, "timeout_s": 5.0}).score(PROMPTS, sent)
+        got = ServerJudge([proxy.url], model="tiny-judge", **{**FAST, "timeout_s": 10.0}).score(PROMPTS, sent)
     same_results(got, want)
     assert proxy.posts == 2 * len(PROMPTS) + len(faults)
 
@@ -191,8 +191,8 @@ def test_silent_server_raises_after_configured_tries():
     assert "\n" not in msg and "after 3 tries" in msg and silent.url in msg and "lmdeploy serve api_server" in msg
 
 
-def test_closed_port_raises_after_configured_tries(monkeypatch):
-    url = closed_port()
+def test_closed_port_raises_after_configured_tries(monkeypatch, dead_url):
+    url = dead_url
     sent = []
     real = httpx.AsyncClient.request
 
@@ -225,14 +225,14 @@ def test_concurrency_limit_per_endpoint(server, sent, recorded):
     assert proxy.max_in_flight == 3  # the barrier fills three slots; the client never opens a fourth
 
 
-def test_several_endpoints_share_and_cover_for_each_other(server, sent, recorded):
+def test_several_endpoints_share_and_cover_for_each_other(server, sent, recorded, dead_url):
     want, answers = recorded
     with Proxy(server.url, replay=answers) as a, Proxy(server.url, replay=answers) as b:
         got = ServerJudge([a.url, b.url + "/"], model="tiny-judge", **{**FAST, "concurrency": 2}).score(PROMPTS, sent)
         same_results(got, want)
         assert a.posts > 0 and b.posts > 0 and a.posts + b.posts == 2 * len(PROMPTS)
         assert max(a.max_in_flight, b.max_in_flight) <= 2
-        dead = closed_port()  # a dead endpoint: its requests move to the live one
+        dead = dead_url  # a dead endpoint: its requests move to the live one
         judge = ServerJudge([dead, a.url], model="tiny-judge", **FAST)
         same_results(judge.score(PROMPTS, sent), want)
         with pytest.raises(JudgeServerError, match="2 tries"):

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import kill_at
 import polars as pl
 import pytest
 import yaml
+from procs import HANG_S
 from typer.testing import CliRunner
 
 from cli import app
@@ -69,8 +69,8 @@ def test_chain_runs_every_stage_then_skips_them_and_reruns_what_a_change_touches
 
 def official_on_tiny(tmp_path: Path, run: Path, prompts: Path) -> Path:
     """`preset: official` with tiny's models, sizes and step counts (every released setting kept)."""
-    tiny = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
-    official = yaml.safe_load((REPO / "configs/official.yaml").read_text())
+    tiny = yaml.safe_load((REPO / "janus_data/presets/tiny.yaml").read_text())
+    official = yaml.safe_load((REPO / "janus_data/presets/official.yaml").read_text())
     data = {"preset": "official", "pipeline": {"run_dir": str(run), "prompts": str(prompts)}}
     for section, values in tiny.items():
         kept = {k: v for k, v in values.items() if k not in official.get(section, {})}
@@ -118,13 +118,13 @@ def test_from_and_to_select_stages(tmp_path, prompts):
         stage_range("rl", "score")
 
 
-def test_a_failure_names_the_stage_and_the_command_that_resumes(tmp_path, prompts):
+def test_a_failure_names_the_stage_and_the_command_that_resumes(tmp_path, prompts, dead_url):
     run = tmp_path / "run"
-    dead = config_file(tmp_path, run, prompts, score={"backend": "lmdeploy", "endpoints": ["http://127.0.0.1:9"]})
+    dead = config_file(tmp_path, run, prompts, score={"backend": "lmdeploy", "endpoints": [dead_url]})
     out = CliRunner().invoke(app, ["run", "--config", str(dead), "--no-progress", "--no-report"])
     assert out.exit_code == 2
     line = " ".join(out.output.split())
-    assert "stage score failed" in line and "127.0.0.1:9" in line
+    assert "stage score failed" in line and dead_url.removeprefix("http://") in line
     assert f"janus run --config {dead} --run {run} --from score" in line
     assert read_record(run, "synth") and not read_record(run, "score")
     fixed = config_file(tmp_path, run, prompts)
@@ -145,52 +145,41 @@ def test_cli_bad_input(tmp_path, prompts):
     assert out.exit_code == 2 and "stage synth failed" in " ".join(out.output.split())
 
 
-def _spawn(config: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "JANUS_NO_PROGRESS": "1"}
-    cmd = [sys.executable, "-c", "from cli import app; app()", "run", "--config", str(config), "--no-report"]
-    return subprocess.Popen(
-        cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).parents[1]
-    )
+def _run(config: Path, log: Path, kill: tuple[str, int, str] | None = None) -> int:
+    """`janus run --config ... --no-report` in a child process; `kill`: (pattern, count, when) for kill_at."""
+    args = ("run", "--config", str(config), "--no-report")
+    cmd = kill_at.command(*kill, *args) if kill else [sys.executable, str(REPO / "cli.py"), *args]
+    with open(log, "w") as out:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, timeout=HANG_S).returncode
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> bool:
-    """SIGKILL `proc` as soon as `ready()` holds; False if it finished first."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError("the stage never reached the kill point")
+# Where attempt k is killed, inside stage k: at a file the stage publishes that is never its last.
+KILL_POINTS = {
+    "synth": ("*/manifests/images/*/part-*.parquet", 1, "after"),  # 24 images, batches of 8 a generator
+    "score": ("*/manifests/scores/*/part-*.parquet", 2, "before"),  # 24 images, batches of 4
+    "filter": ("*/sft.build-*/*/sft-*.tar", 1, "after"),  # the first task's shard, of three tasks
+    "sft": ("*/checkpoints/sft/step-000002", 1, "after"),  # 6 steps saved every 2
+    "rl": ("*/checkpoints/rl/step-000002", 1, "before"),  # 3 steps: step 2 is logged, not yet saved
+}
 
 
+@pytest.mark.slow
 def test_killed_during_each_stage_the_rerun_finishes_without_redoing_completed_stages(tmp_path, prompts):
+    """Attempt k resumes stage k - 1, skips those before it and is SIGKILLed inside stage k (kill_at)."""
     run = tmp_path / "run"
     config = config_file(tmp_path, run, prompts)
-    kill_points = {
-        "synth": lambda: any((run / "manifests/images").rglob("*.parquet")),
-        "score": lambda: any((run / "manifests/scores").rglob("*.parquet")),
-        "filter": lambda: any(run.glob("sft.build-*/*/sft-*.tar")),
-        "sft": lambda: (run / "checkpoints/sft/step-000002").exists(),
-        "rl": lambda: (run / "checkpoints/rl/step-000001").exists(),
-    }
-    killed = []
-    for k, (stage, ready) in enumerate(kill_points.items()):
-        before = {s for s in STAGES if read_record(run, s)}
-        proc = _spawn(config, tmp_path / f"log{k}.txt")
-        if _kill_when(proc, ready):
-            killed.append(stage)
-        log = (tmp_path / f"log{k}.txt").read_text()
-        for done in before:  # stages complete before this attempt were skipped, not redone
-            assert f"skip {done}" in log, (stage, log[-2000:])
-    print(f"janus run killed during: {killed}")
-    assert len(killed) >= 3, killed  # most kills land inside their stage (filter is quick to miss)
-    final = _spawn(config, tmp_path / "final.txt")
-    assert final.wait(timeout=300) == 0, (tmp_path / "final.txt").read_text()[-3000:]
+    for k, (stage, kill) in enumerate(KILL_POINTS.items()):
+        done = list(STAGES[: max(k - 1, 0)])
+        assert [s for s in STAGES if read_record(run, s)] == done
+        log = tmp_path / f"log{k}.txt"
+        assert _run(config, log, kill) == -signal.SIGKILL, (stage, log.read_text()[-3000:])
+        text = log.read_text()
+        for skipped in done:  # stages complete before this attempt were skipped, not redone
+            assert f"skip {skipped}" in text, (stage, text[-2000:])
+        assert [s for s in STAGES if read_record(run, s)] == list(STAGES[:k])  # killed inside `stage`
+    final = tmp_path / "final.txt"
+    assert _run(config, final) == 0, final.read_text()[-3000:]
+    assert all(f"skip {s}" in final.read_text() for s in STAGES[:-1])
     assert all(read_record(run, s) for s in STAGES)
     images = read_manifest(run, "images")
     assert images.height == len(PROMPTS) * 6 and images["image_id"].n_unique() == images.height

@@ -382,7 +382,7 @@ def test_manifest_unions_tags_across_writes(tmp_path: Path) -> None:
 
 
 def test_demo_prompts_load() -> None:
-    df, stats = load_prompts(PROJECT_ROOT / "manifests" / "demo_prompts.jsonl")
+    df, stats = load_prompts(PROJECT_ROOT / "janus_data" / "assets" / "demo_prompts.jsonl")
     assert stats == PromptStats(rows_read=8, empty_dropped=0, duplicates_merged=0, unique=8)
     assert df["source_id"].to_list() == [f"demo-{i}" for i in range(8)]
     assert all(len(t) > 0 for t in df["tags"].to_list())

@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from procs import HANG_S
 from rich.table import Table
 
 from janus_data import report as report_mod
@@ -99,7 +100,7 @@ def chromium_dump(page: Path, profile: Path) -> tuple[str, str]:
         "--dump-dom",
         page.resolve().as_uri(),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_S, check=False)
     return done.stdout, done.stderr
 
 

@@ -29,7 +29,7 @@ def logits(batch: int, vocab: int, seed: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 @pytest.mark.parametrize("vocab", [16384, 997])
-@pytest.mark.parametrize("batch", [1, 7, 64])
+@pytest.mark.parametrize("batch", [1, 7, pytest.param(64, marks=pytest.mark.slow)])
 def test_kernel_equals_reference(vocab, batch):
     cond, uncond = logits(batch, vocab, seed=vocab + batch)
     seeds = torch.arange(batch, dtype=torch.int64) * 7919 + (1 << 40)
@@ -62,6 +62,7 @@ def test_step_as_device_tensor_equals_int_step(step):
     assert torch.equal(sample_kernel(cond, uncond, seeds, as_tensor, params)[0], want)
 
 
+@pytest.mark.slow
 def test_kernel_frequencies_match_softmax_chi_square():
     """1,500 draws over 8 tokens: frequencies follow softmax(CFG logits / T) (chi-square, p > 1e-3)."""
     vocab, draws, temperature = 8, 1500, 1.5

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from procs import HANG_S, mismatched_share, torchrun
 from safetensors.torch import load_file
 
 from janus_data.config import load_config, with_overrides
@@ -111,8 +112,9 @@ def test_checkpoint_loads_with_stock_transformers_and_generates(run):
     assert kept == ["step-000002"]
 
 
-@pytest.mark.parametrize("parallel, port", [("ddp", 29517), ("fsdp", 29519)])
-def test_two_processes_equal_one_with_the_same_global_batch(run, tmp_path, parallel, port):
+@pytest.mark.slow
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_equal_one_with_the_same_global_batch(run, tmp_path, parallel):
     single = Path(shutil.copytree(run, tmp_path / "single"))
     run_sft(single, cfg(max_steps=3, batch_size=4, save_every=3), progress=False)
     overrides = tmp_path / "ddp.yaml"
@@ -122,17 +124,13 @@ def test_two_processes_equal_one_with_the_same_global_batch(run, tmp_path, paral
         "sft: {max_steps: 3, batch_size: 2, save_every: 3, keep_last: 5, log_every: 1, warmup_steps: 1,"
         f" parallel: {parallel}}}\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-        str(REPO / "cli.py"), "train", "sft", "--run-dir", str(run), "--config", str(overrides), "--no-progress",
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    res = torchrun("train", "sft", "--run-dir", str(run), "--config", str(overrides), "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     a = weights(latest_checkpoint(run / "checkpoints/sft").path)
     b = weights(latest_checkpoint(single / "checkpoints/sft").path)
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-5, worst
+    share = mismatched_share(a, b, cfg().sft.lr)
+    print(f"two processes vs one: {share:.1e} of the weights more than lr / 10 apart")
+    assert share < 1e-3, share
     for x, y in zip(metrics(run), metrics(single), strict=True):
         assert x["loss"]["total"] == pytest.approx(y["loss"]["total"], rel=1e-5)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)  # AdamW alone would hide a scale
@@ -159,6 +157,7 @@ def test_step_unit_and_batch_reduction_train_one_task_per_step_and_resume_exactl
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_batch_reduction_two_processes_equal_one_with_the_same_micro_batches(run, tmp_path, parallel):
     """'batch': the step's gradient is the mean micro-batch loss over micro-steps and processes, so 2
@@ -172,17 +171,13 @@ def test_batch_reduction_two_processes_equal_one_with_the_same_micro_batches(run
         "sft: {max_steps: 2, batch_size: 2, save_every: 2, keep_last: 5, log_every: 1, warmup_steps: 1,"
         f" loss_reduction: batch, parallel: {parallel}}}\n"
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(REPO / "cli.py"), "train", "sft", "--run-dir", str(run), "--config", str(overrides), "--no-progress",
-    ]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    res = torchrun("train", "sft", "--run-dir", str(run), "--config", str(overrides), "--no-progress")
     assert res.returncode == 0, res.stderr[-3000:]
     a = weights(latest_checkpoint(run / "checkpoints/sft").path)
     b = weights(latest_checkpoint(single / "checkpoints/sft").path)
-    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
-    assert worst < 1e-5, worst
+    share = mismatched_share(a, b, cfg().sft.lr)
+    print(f"two processes vs one: {share:.1e} of the weights more than lr / 10 apart")
+    assert share < 1e-3, share
     for x, y in zip(metrics(run), metrics(single), strict=True):
         assert x["loss"]["total"] == pytest.approx(y["loss"]["total"], rel=1e-5)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], rel=1e-5)  # AdamW alone would hide a scale
@@ -294,11 +289,12 @@ def test_bad_input(run, tmp_path):
         run_sft(run, cfg(), resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_cli_train_sft(run):
     base = [sys.executable, str(REPO / "cli.py"), "train", "sft", "--run", str(run), "--no-progress"]
-    bad = subprocess.run([*base, "--config", "tiny", "--resume"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run([*base, "--config", "tiny", "--resume"], capture_output=True, text=True, timeout=HANG_S)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
-    ok = subprocess.run([*base, "--config", "tiny", "--max-steps", "2"], capture_output=True, text=True, timeout=300)
+    ok = subprocess.run([*base, "--config", "tiny", "--max-steps", "2"], capture_output=True, text=True, timeout=HANG_S)
     assert ok.returncode == 0, ok.stderr
     assert "janus train sft" in ok.stderr and "step-000002" in ok.stderr
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -200,14 +199,3 @@ def test_sharded_checkpoint_reads_only_vq_shards(tiny_janus, tmp_path, enc):
     (sharded / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     images = _images(3, seed=4)
     assert np.array_equal(VQEncoder(str(sharded), CPU, torch.float32).encode(images), enc.encode(images))
-
-
-def test_load_time_vs_full_model(tiny_janus):
-    """Sanity only (no assertion): the VQ alone loads faster than the whole model."""
-    start = time.perf_counter()
-    VQEncoder(str(tiny_janus), CPU, torch.float32)
-    vq_s = time.perf_counter() - start
-    start = time.perf_counter()
-    JanusForConditionalGeneration.from_pretrained(tiny_janus)
-    full_s = time.perf_counter() - start
-    print(f"load: VQ only {vq_s * 1000:.0f} ms, full model {full_s * 1000:.0f} ms")

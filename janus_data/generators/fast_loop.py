@@ -33,6 +33,7 @@ from transformers import JanusForConditionalGeneration
 
 from janus_data.generators.janus_loop import position_ids_from_mask
 from janus_data.generators.sampling import Sampler, SamplerParams, get_sampler
+from janus_data.models import cache_keyword, cache_not_written
 
 
 class StaticKV:
@@ -50,12 +51,14 @@ class StaticKV:
         self.slot = torch.zeros((), dtype=torch.long, device=device)
         self.window = slots  # attention reads slots [0, window): a host-side int, fixed per captured graph
         self._offsets = torch.arange(slots, device=device)
+        self.written: set[int] = set()  # layers that called `update` (host-side: checked after the prefill)
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Write (rows, kv_heads, n, head_dim) at slots [slot, slot + n); return the layer's first `window` slots."""
         if self.keys is None or self.keys.dtype != key.dtype:
             self.keys = torch.zeros(self.shape, dtype=key.dtype, device=key.device)
             self.values = torch.zeros(self.shape, dtype=value.dtype, device=value.device)
+        self.written.add(layer_idx)
         where = self._offsets[: key.shape[2]] + self.slot
         self.keys[layer_idx].index_copy_(2, where, key)
         self.values[layer_idx].index_copy_(2, where, value)
@@ -121,6 +124,7 @@ class ImageTokenLoop:
                 f"the fast loop supports sdpa and eager attention, not {attn!r}; load with attn_implementation='sdpa'"
             )
         self._bool_mask = attn == "sdpa"
+        self._cache_kw = cache_keyword(self.lm.layers[0])
 
     # -- the model step, shared by prefill and decode -------------------------------------------------
     def _attention_mask(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -140,9 +144,9 @@ class ImageTokenLoop:
                 hidden,
                 attention_mask=mask,
                 position_ids=positions,
-                cache=buf.cache,
                 use_cache=True,
                 position_embeddings=rope,
+                **{self._cache_kw: buf.cache},
             )
         buf.cache.advance(embeds.shape[1])
         return self.head(self.lm.norm(hidden[:, -1]))
@@ -255,7 +259,14 @@ class ImageTokenLoop:
         buf.prompt_mask.zero_()
         buf.prompt_mask[..., :padded] = real[:, None, None, :]
         positions = position_ids_from_mask(mask)
+        buf.cache.written.clear()
         logits = self._forward(embeds, allowed, positions, buf)
+        if len(buf.cache.written) < self.lm.config.num_hidden_layers:
+            # A layer that ignores the cache it is handed (a renamed argument) keeps no keys: every later token
+            # would attend to nothing but itself, and the images would be silent noise.
+            raise cache_not_written(
+                f"{self.lm.config.num_hidden_layers - len(buf.cache.written)} decoder layer(s)", self._cache_kw
+            )
         buf.positions.copy_(positions[:, -1:] + 1)
         self._sample(logits, buf, want_logprobs, params)
         slots = buf.slot_ids.shape[-1]

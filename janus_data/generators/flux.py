@@ -11,11 +11,13 @@ from PIL import Image
 
 from janus_data.config import FluxGenConfig
 from janus_data.models import loading, resolve_model
+from janus_data.progress import quiet_diffusers
 
 
 def load_flux(ref: str, device: torch.device, dtype: torch.dtype) -> FluxPipeline:
     """Load a diffusers-format FLUX checkpoint onto `device`, or raise ModelError."""
     path = resolve_model(ref)
+    quiet_diffusers()
     hint = "use a diffusers-format checkpoint such as black-forest-labs/FLUX.1-dev (safetensors)"
     with loading("FLUX", ref, hint), warnings.catch_warnings():
         # diffusers >= 0.36 prefers `dtype=`; `torch_dtype=` works on every supported version.

@@ -16,6 +16,7 @@ import torch
 from transformers import DynamicCache, JanusForConditionalGeneration
 
 from janus_data.generators.sampling import SamplerParams, get_sampler
+from janus_data.models import cache_keyword, cache_not_written
 
 
 def unconditional_ids(input_ids: torch.Tensor, bos_id: int, boi_id: int, pad_id: int) -> torch.Tensor:
@@ -70,12 +71,15 @@ def reference_image_loop(
     positions = position_ids_from_mask(mask)
     lm = model.model.language_model
     cache = DynamicCache(config=lm.config)
+    cache_kw = cache_keyword(lm)
     tokens = torch.empty(batch, num_image_tokens, dtype=torch.long, device=device)
     logprobs = torch.empty(batch, num_image_tokens, dtype=torch.float32, device=device) if want_logprobs else None
     seeds = seeds.to(device)
     ones = torch.ones(2 * batch, 1, dtype=mask.dtype, device=device)
     for step in range(num_image_tokens):
-        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        out = lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_kw: cache})
+        if step == 0 and cache.get_seq_length() == 0:
+            raise cache_not_written("the language model", cache_kw)
         logits = model.model.generation_head(out.last_hidden_state[:, -1])
         next_tok, logp = sampler(logits[:batch], logits[batch:], seeds, step, params, want_logprobs)
         tokens[:, step] = next_tok

@@ -9,22 +9,17 @@ prefix once, append one suffix, rewind to the prefix, append the other.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
+from janus_data.models import cache_keyword
+
 # Picks the next token of each live row from its logits: (step from 0, (A, V) logits, the A rows'
 # indices in the original batch) -> (A,) token ids.
 Chooser = Callable[[int, torch.Tensor, list[int]], torch.Tensor]
-
-
-def cache_keyword(model) -> str:
-    """The forward argument a model takes its KV cache by: 'cache' (transformers >= 5.20) or 'past_key_values'."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
 
 
 @dataclass(frozen=True)

@@ -26,14 +26,11 @@ Either way the response lists the chosen token in `content[i]` and only the OTHE
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-Engine = Literal["turbomind", "pytorch"]
-LogprobsMode = Literal["raw_logprobs", "raw_logits"]
-ENGINES = ("turbomind", "pytorch")
-LOGPROBS_MODES = ("raw_logprobs", "raw_logits")
+from janus_data.judge.serve import LogprobsMode  # the engines' names live with the options that pick them
+
 TURBOMIND_TEMPERATURE_EPS = 1e-6  # sampling_penalty_kernels.cu: 1 / (temperature + 1e-6f)
 MAX_TOP_K = 1024  # TurboMind clamps top_k to [0, 1024]
 

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 
 from janus_data.errors import one_line
-from janus_data.judge.engines import ENGINES, LOGPROBS_MODES, Sampling, merge_sampling, pytorch_step, turbomind_step
+from janus_data.judge.engines import Sampling, merge_sampling, pytorch_step, turbomind_step
 from janus_data.judge.protocol import (
     DEFAULT_MAX_NEW_TOKENS,
     ApiError,
@@ -46,6 +46,7 @@ from janus_data.judge.protocol import (
     parse_chat,
     token_logprobs,
 )
+from janus_data.judge.serve import ENGINES, LOGPROBS_MODES
 
 log = logging.getLogger(__name__)
 

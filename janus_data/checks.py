@@ -1,0 +1,48 @@
+"""Checks of a stage's inputs that need neither torch nor polars, so a bad path fails in milliseconds.
+
+`janus_train.stages` runs them before it imports a stage (and with it torch, polars and the model
+libraries); the stages run the same checks themselves, for library callers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from janus_data.errors import RunDirError
+from janus_data.manifest import manifest_dir, part_files
+from janus_data.prompts import PROMPTS_KIND, check_prompt_file
+from janus_data.rundir import SFT_DIR, STATE_FILE
+
+
+def require_images(run_dir: Path) -> None:
+    """`janus data score`'s input: the run's image manifest."""
+    if not manifest_dir(run_dir, "images").exists():
+        raise RunDirError(f"run {run_dir} has no image manifest", hint="run `janus data synth` on it first")
+
+
+def require_manifests(run_dir: Path) -> None:
+    """`janus data filter`'s inputs: every manifest it joins, or a one-line error says which stage to run."""
+    for kind, stage in ((PROMPTS_KIND, "synth"), ("images", "synth"), ("scores", "score")):
+        if not part_files(run_dir, kind):
+            raise RunDirError(f"run {run_dir} has no {kind} manifest", hint=f"run `janus data {stage}` on it first")
+
+
+def require_report_inputs(run_dir: Path) -> None:
+    """`janus data report`'s input: a run with images at least."""
+    if not part_files(run_dir, "images"):
+        what = "does not exist" if not Path(run_dir).exists() else "has no image manifest"
+        raise RunDirError(f"run {run_dir} {what}", hint=f"run `janus data synth --run {run_dir}` first, or fix --run")
+
+
+def require_sft_shards(run_dir: Path) -> None:
+    """`janus train sft`'s input: the filter's finished shards (janus_train.sft checks the same)."""
+    if not (Path(run_dir) / SFT_DIR / STATE_FILE).is_file():
+        raise RunDirError(f"run {run_dir} has no SFT shards", hint="run `janus data filter` on it first")
+
+
+def require_rl_prompts(run_dir: Path, prompts: str | None) -> None:
+    """`janus train rl`'s prompts: `rl.prompts` if set, else the run's (janus_train.grpo checks the same)."""
+    if prompts:
+        check_prompt_file(prompts)
+    elif not manifest_dir(run_dir, PROMPTS_KIND).exists():
+        raise RunDirError(f"run {run_dir} has no prompts", hint="set rl.prompts to a prompt file, or run synth first")

@@ -1,0 +1,115 @@
+"""The five stages: their order, where each writes, and an entry point per stage.
+
+Each entry point checks the stage's inputs (prompt file, run directory, the manifests it reads)
+in milliseconds, and only then imports its stage and with it torch, polars and the model
+libraries: a bad input costs what `janus --help` costs, not ten seconds of imports. The `janus`
+commands and `janus run` call these; `janus_data.synth.run_synth` and the other stage functions
+remain the library API (they check the same inputs themselves).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from janus_data.checks import (
+    require_images,
+    require_manifests,
+    require_report_inputs,
+    require_rl_prompts,
+    require_sft_shards,
+)
+from janus_data.config import JanusRunConfig
+from janus_data.dist import Shard
+from janus_data.manifest import ensure_writable
+from janus_data.prompts import check_prompt_file, require_prompts
+from janus_data.rundir import CKPT_DIRS
+
+if TYPE_CHECKING:
+    from janus_data.filter import FilterResult
+    from janus_data.report import ReportResult
+    from janus_data.score import ScoreResult
+    from janus_data.synth import SynthResult
+    from janus_train.grpo import RLResult
+    from janus_train.sft import SFTResult
+
+STAGES = ("synth", "score", "filter", "sft", "rl")
+# What each stage writes, relative to the run directory.
+STAGE_OUTPUTS = {
+    "synth": "manifests/images, images/",
+    "score": "manifests/scores",
+    "filter": "sft/{t2i,judge,regen}/*.tar, manifests/samples",
+    "sft": CKPT_DIRS["sft"],
+    "rl": CKPT_DIRS["rl"],
+}
+
+
+def synth(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    prompts: Path | None = None,
+    shard: Shard = Shard(),
+    progress: bool | None = None,
+) -> SynthResult:
+    """`janus data synth`: the prompt file (else the run's prompts) and the run directory, then the stage."""
+    if prompts is not None:
+        check_prompt_file(prompts)
+    else:
+        require_prompts(run_dir)
+    ensure_writable(run_dir)
+    from janus_data.synth import run_synth
+
+    return run_synth(run_dir, cfg, prompts, shard, progress=progress)
+
+
+def score(run_dir: Path, cfg: JanusRunConfig, shard: Shard = Shard(), progress: bool | None = None) -> ScoreResult:
+    """`janus data score`: the run's image manifest, then the stage."""
+    require_images(run_dir)
+    from janus_data.score import run_score
+
+    return run_score(run_dir, cfg, shard, progress=progress)
+
+
+def filter_(run_dir: Path, cfg: JanusRunConfig, progress: bool | None = None) -> FilterResult:
+    """`janus data filter`: the prompts, images and scores manifests, then the stage."""
+    require_manifests(run_dir)
+    from janus_data.filter import run_filter
+
+    return run_filter(run_dir, cfg, progress=progress)
+
+
+def sft(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    max_steps: int | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> SFTResult:
+    """`janus train sft`: the filter's shards, then the trainer."""
+    require_sft_shards(run_dir)
+    from janus_train.sft import run_sft
+
+    return run_sft(run_dir, cfg, max_steps=max_steps, resume=resume, progress=progress)
+
+
+def rl(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    init: str | None = None,
+    max_steps: int | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> RLResult:
+    """`janus train rl`: the RL prompts (rl.prompts, else the run's), then the trainer."""
+    require_rl_prompts(run_dir, cfg.rl.prompts)
+    from janus_train.grpo import run_rl
+
+    return run_rl(run_dir, cfg, init=init, max_steps=max_steps, resume=resume, progress=progress)
+
+
+def report(run_dir: Path, out: Path | None = None, prompts_shown: int = 6) -> ReportResult:
+    """`janus data report`: a run with images, then the HTML report."""
+    require_report_inputs(run_dir)
+    from janus_data.report import build_report
+
+    return build_report(run_dir, out, prompts_shown=prompts_shown)
