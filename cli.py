@@ -1,5 +1,8 @@
 """The `janus` command line: parse, build a config, call one library function, print a summary.
 
+Command groups with a module of their own live in `janus_cli/` (`train`), with what every
+command shares (`janus_cli.common`: option aliases, one-line errors, printing).
+
 Before a command calls the library it imports only typer, rich and the light janus modules; the
 library checks the inputs first (`janus_train.stages`), then imports torch, polars and the model
 libraries, so a bad flag, file or config fails in about the time `janus --help` takes.
@@ -7,12 +10,10 @@ libraries, so a bad flag, file or config fails in about the time `janus --help` 
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 # Polars allocates through jemalloc, which by default keeps freed pages for seconds: a stage that
 # builds large frames one after another (filter at 3.6M rows) then holds ~20% more memory than it
@@ -21,7 +22,24 @@ os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
 
 import typer
 
-from janus_data.errors import JanusError, one_line
+from janus_cli.common import (
+    ConfigOpt,
+    ProgressOpt,
+    RankOpt,
+    RunConfigOpt,
+    RunOpt,
+    WorldOpt,
+    bars,
+    section,
+    show,
+    show_outcome,
+    show_stage,
+    user_errors,
+)
+from janus_cli.eval import eval_app
+from janus_cli.generate import generate
+from janus_cli.train import train_app
+from janus_data.judge.serve import API_KEY_ENV
 from janus_data.progress import console, quiet_libraries
 from janus_train.stages import STAGES
 
@@ -34,93 +52,14 @@ app = typer.Typer(
 data_app = typer.Typer(help="Data stages: synth -> score -> filter.", no_args_is_help=True)
 models_app = typer.Typer(help="Model utilities (tiny random models for tests and the demo).", no_args_is_help=True)
 serve_app = typer.Typer(help="Servers: the judge behind an OpenAI-compatible API.", no_args_is_help=True)
-train_app = typer.Typer(help="Training: SFT on the filter's shards, then GRPO.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
+app.add_typer(eval_app, name="eval")
+app.command("generate")(generate)
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Shared option aliases.
-RunOpt = Annotated[
-    Path, typer.Option("--run", "--run-dir", help="Run directory (created if missing); --run-dir under torchrun.")
-]
-ConfigOpt = Annotated[
-    str, typer.Option("--config", "-c", help="Preset name (tiny, paper) or a YAML file over the typed configs.")
-]
-RunConfigOpt = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="Preset or YAML file [default: the run's own config.yaml, else paper]."),
-]
-RankOpt = Annotated[int | None, typer.Option(help="This process's rank [default: RANK or SLURM_PROCID, else 0].")]
-WorldOpt = Annotated[
-    int | None, typer.Option(help="Number of processes [default: WORLD_SIZE or SLURM_NTASKS, else 1].")
-]
-ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 STAGE_HELP = f"{', '.join(STAGES[:-1])} or {STAGES[-1]}"
-
-
-def user_errors(fn: F) -> F:
-    """Print JanusError as one line and exit 2; JANUS_DEBUG=1 shows the traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = bool(os.environ.get("JANUS_DEBUG"))
-        try:
-            return fn(*args, **kwargs)
-        except JanusError as err:
-            if debug:
-                raise
-            raise fail(str(err), 2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted:[/] finished batches are kept; rerun the same command to resume")
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as err:  # last line of defence: one line, not a traceback
-            if debug:
-                raise
-            hint = "rerun with JANUS_DEBUG=1 for the traceback"
-            raise fail(f"{type(err).__name__}: {one_line(err)} ({hint})", 1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def fail(message: str, code: int) -> typer.Exit:
-    """Print `message` as the one error line; the exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
-
-
-def show(*parts: Any) -> None:
-    """Print a summary: headlines (with markup) and tables."""
-    for part in parts:
-        console.print(part, highlight=False)
-
-
-def show_stage(stage: str, result: Any) -> None:
-    """A stage's headline and tables (process 0 only for the trainers)."""
-    from janus_train.summary import stage_summary
-
-    show(*stage_summary(stage, result))
-
-
-def show_outcome(outcome: Any) -> None:
-    """As `janus run` finishes a stage: its summary, or that it was already complete."""
-    from janus_train.summary import outcome_summary
-
-    show(*outcome_summary(outcome))
-
-
-def bars(progress: bool) -> bool | None:
-    """--progress leaves the choice to the terminal (None); --no-progress turns bars off."""
-    return None if progress else False
-
-
-def section(name: str, **flags: Any) -> dict[str, Any]:
-    """Config overrides for one section: the flags that were given."""
-    return {name: {k: v for k, v in flags.items() if v is not None}}
 
 
 @data_app.command("synth")
@@ -217,58 +156,6 @@ def filter_(
     show_stage("filter", stages.filter_(run, cfg, progress=bars(progress)))
 
 
-@train_app.command("sft")
-@user_errors
-def train_sft(
-    run: RunOpt,
-    config: RunConfigOpt = None,
-    max_steps: Annotated[int | None, typer.Option(help="Train up to this step [config: sft.max_steps].")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest SFT checkpoint.")] = False,
-    progress: ProgressOpt = True,
-) -> None:
-    """Mixed sub-task SFT of Janus-Pro (text->image, self-evaluation, regeneration) on the shards.
-
-    Example: torchrun --nproc-per-node 8 --no-python janus train sft --run-dir runs/r1
-    """
-    quiet_libraries()
-    from janus_data.rundir import load_run_config
-    from janus_train import stages
-
-    cfg = load_run_config(run, config, {})
-    show_stage("sft", stages.sft(run, cfg, max_steps=max_steps, resume=resume, progress=bars(progress)))
-
-
-@train_app.command("rl")
-@user_errors
-def train_rl(
-    run: RunOpt,
-    init: Annotated[
-        str | None,
-        typer.Option(help="Policy to start from [config: rl.model; default: the run's latest SFT checkpoint]."),
-    ] = None,
-    config: RunConfigOpt = None,
-    max_steps: Annotated[int | None, typer.Option(help="Train up to this step [config: rl.max_steps].")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's latest RL checkpoint.")] = False,
-    endpoint: Annotated[
-        list[str] | None,
-        typer.Option(help="Judge server base URL (repeatable); sets score.backend to lmdeploy."),
-    ] = None,
-    progress: ProgressOpt = True,
-) -> None:
-    """GRPO with introspective rollouts (draw, judge yourself, redraw) and dual-layer judge rewards.
-
-    Example: torchrun --nproc-per-node 8 --no-python janus train rl --run-dir runs/r1 --endpoint http://judge:23333
-    """
-    quiet_libraries()
-    from janus_data.rundir import load_run_config
-    from janus_train import stages
-
-    overrides = section("score", backend="lmdeploy", endpoints=list(endpoint)) if endpoint else {}
-    cfg = load_run_config(run, config, overrides)
-    result = stages.rl(run, cfg, init=init, max_steps=max_steps, resume=resume, progress=bars(progress))
-    show_stage("rl", result)
-
-
 @serve_app.command("judge")
 @user_errors
 def serve_judge(
@@ -295,7 +182,7 @@ def serve_judge(
     max_tiles: Annotated[int, typer.Option(help="448 px tiles per image (plus a thumbnail).")] = 12,
     api_key_env: Annotated[
         str, typer.Option(help="Environment variable with the API key clients must send (unset: no key).")
-    ] = "JANUS_JUDGE_API_KEY",
+    ] = API_KEY_ENV,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow checkpoint code. Off unless you trust it.")] = False,
 ) -> None:
     """Serve an InternVL judge as LMDeploy 0.18's api_server does (a stand-in for CPUs, tests, -hf checkpoints).

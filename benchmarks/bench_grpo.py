@@ -25,11 +25,11 @@ from janus_data.generators.janus_loop import reference_image_loop
 from janus_data.judge.hf import HFJudge
 from janus_data.models import resolve_device, resolve_model, tiny_model_path
 from janus_data.progress import quiet_libraries
-from janus_train.grpo import GRPOStep, rollout_rewards
+from janus_train.core import Distributed, set_trainable
+from janus_train.grpo import GRPOStep
 from janus_train.grpo_math import group_advantages
-from janus_train.rewards import JudgeScorer
+from janus_train.rewards import JudgeScorer, rollout_rewards
 from janus_train.sequences import SequenceBuilder
-from janus_train.sft import Distributed, set_trainable
 
 PROMPTS = ["a photo of two red apples on a wooden table", "a blue bicycle left of a fire hydrant", "three cats"]
 

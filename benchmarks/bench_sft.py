@@ -59,9 +59,12 @@ def bench_arch(args) -> None:
 
     from janus_data.arch import random_janus_pro
     from janus_data.config import RuntimeConfig
+    from janus_data.janus_format import TASKS
     from janus_data.models import tiny_model_path
-    from janus_train.sft import TASKS, set_trainable
-    from janus_train.steps import SFTStep
+    from janus_train.core import build_optimizer, set_trainable
+    from janus_train.optim import sft_lr_lambda
+    from janus_train.parallel import clip_gradients
+    from janus_train.sft_step import SFTStep
 
     device = resolve_device(RuntimeConfig())
     torch.manual_seed(0)
@@ -72,7 +75,7 @@ def bench_arch(args) -> None:
     cfg = load_config("paper").sft
     step = SFTStep(model, tokenizer, processor, cfg, device)
     params = step.trainable_parameters()
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    opt, _ = build_optimizer(params, cfg, sft_lr_lambda(cfg))
     n_codes = int(model.config.vq_config.num_patches) ** 2
     codebook = int(model.config.vq_config.num_embeddings)
     rng = np.random.default_rng(0)
@@ -100,7 +103,7 @@ def bench_arch(args) -> None:
         opt.zero_grad(set_to_none=True)
         losses, _ = step.forward(samples, rngs, sync=True)
         step.backward(losses.mean())
-        step.clip(params, cfg.grad_clip)
+        clip_gradients(params, cfg.grad_clip)
         opt.step()
         return sum(len(step.builder.from_record(s, r)) for (_, s), r in zip(samples, rngs, strict=True))
 
@@ -142,11 +145,13 @@ def main() -> None:
         run = args.run or make_run(Path(tmp), cfg)
         from transformers import AutoImageProcessor, AutoTokenizer, JanusForConditionalGeneration
 
+        from janus_data.janus_format import TASKS
         from janus_data.wds import decode_sample
+        from janus_train.core import set_trainable
         from janus_train.data import TaskMixer
         from janus_train.losses import collate
-        from janus_train.sft import TASKS, sample_rng, set_trainable
-        from janus_train.steps import SFTStep
+        from janus_train.sft import sample_rng
+        from janus_train.sft_step import SFTStep
 
         s = cfg.sft
         device = resolve_device(cfg.runtime)
@@ -156,7 +161,7 @@ def main() -> None:
         set_trainable(model)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=s.lr)
-        step = SFTStep(model, tokenizer, processor, s, device, ddp=False)
+        step = SFTStep(model, tokenizer, processor, s, device)
         mixer = TaskMixer(run / "sft", dict(zip(TASKS, s.mix, strict=True)), seed=0, shuffle_buffer=s.shuffle_buffer)
 
         def draw():

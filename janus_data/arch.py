@@ -112,10 +112,11 @@ def random_janus_pro(size: str, device, dtype, num_layers: int | None = None):
     import torch
     from transformers import AutoTokenizer, JanusForConditionalGeneration
 
+    from janus_data.janus_format import BOI, IMAGE_TOKEN
     from janus_data.models import tiny_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path("janus"))
-    image_token = tokenizer.convert_tokens_to_ids("<image_placeholder>")
+    image_token = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     cfg = janus_pro_config(size, image_token_id=image_token, num_layers=num_layers)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -126,7 +127,7 @@ def random_janus_pro(size: str, device, dtype, num_layers: int | None = None):
         torch.set_default_dtype(previous)
     gen = model.generation_config
     gen.bos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
-    gen.generation_kwargs = {"boi_token_id": tokenizer.convert_tokens_to_ids("<begin_of_image>")}
+    gen.generation_kwargs = {"boi_token_id": tokenizer.convert_tokens_to_ids(BOI)}
     return model, tokenizer
 
 

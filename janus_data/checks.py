@@ -9,27 +9,27 @@ from __future__ import annotations
 from pathlib import Path
 
 from janus_data.errors import RunDirError
-from janus_data.manifest import manifest_dir, part_files
-from janus_data.prompts import PROMPTS_KIND, check_prompt_file
+from janus_data.manifest import IMAGES_KIND, PROMPTS_KIND, SCORES_KIND, manifest_dir, part_files
+from janus_data.prompts import check_prompt_file
 from janus_data.rundir import SFT_DIR, STATE_FILE
 
 
 def require_images(run_dir: Path) -> None:
     """`janus data score`'s input: the run's image manifest."""
-    if not manifest_dir(run_dir, "images").exists():
+    if not manifest_dir(run_dir, IMAGES_KIND).exists():
         raise RunDirError(f"run {run_dir} has no image manifest", hint="run `janus data synth` on it first")
 
 
 def require_manifests(run_dir: Path) -> None:
     """`janus data filter`'s inputs: every manifest it joins, or a one-line error says which stage to run."""
-    for kind, stage in ((PROMPTS_KIND, "synth"), ("images", "synth"), ("scores", "score")):
+    for kind, stage in ((PROMPTS_KIND, "synth"), (IMAGES_KIND, "synth"), (SCORES_KIND, "score")):
         if not part_files(run_dir, kind):
             raise RunDirError(f"run {run_dir} has no {kind} manifest", hint=f"run `janus data {stage}` on it first")
 
 
 def require_report_inputs(run_dir: Path) -> None:
     """`janus data report`'s input: a run with images at least."""
-    if not part_files(run_dir, "images"):
+    if not part_files(run_dir, IMAGES_KIND):
         what = "does not exist" if not Path(run_dir).exists() else "has no image manifest"
         raise RunDirError(f"run {run_dir} {what}", hint=f"run `janus data synth --run {run_dir}` first, or fix --run")
 

@@ -11,7 +11,6 @@ import inspect
 import itertools
 import typing
 
-from janus_data import config as config_module
 from janus_data.config import JanusRunConfig, load_config, preset_names, to_dict
 
 
@@ -32,9 +31,14 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+def cell(text: str) -> str:
+    """Text as one Markdown table cell: a bare `|` (as in `str | None`) would start a new column."""
+    return text.replace("|", "\\|")
+
+
 def _sections(cls: type, prefix: str = "") -> list[tuple[str, type]]:
     out = [(prefix, cls)]
-    hints = typing.get_type_hints(cls, vars(config_module))
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             out += _sections(hints[f.name], f"{prefix}{f.name}.")
@@ -47,7 +51,8 @@ def render() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `janus_data/config.py` by `python -m janus_data.config_doc`; do not edit by hand.",
+        "Generated from the config dataclasses (`janus_data/config_stages.py`, `janus_data/config_train.py`)",
+        "by `python -m janus_data.config_doc`; do not edit by hand.",
         "A config is a preset (`--config tiny|paper`) or a YAML file (which may start with",
         "`preset: NAME`), then CLI flags. Unknown keys are errors.",
         "",
@@ -56,7 +61,7 @@ def render() -> str:
         if prefix == "":
             continue
         docs = field_docs(cls)
-        hints = typing.get_type_hints(cls, vars(config_module))
+        hints = typing.get_type_hints(cls)
         lines += [f"## `{prefix.rstrip('.')}`", "", (cls.__doc__ or "").strip(), ""]
         header = "| key | type | " + " | ".join(presets) + " | meaning |"
         lines += [header, "|" + "---|" * (3 + len(presets))]
@@ -70,7 +75,8 @@ def render() -> str:
                     node = node[part]
                 values.append(f"`{node}`")
             tname = getattr(hints[f.name], "__name__", str(hints[f.name]).replace("typing.", ""))
-            lines.append(f"| `{f.name}` | {tname} | " + " | ".join(values) + f" | {docs.get(f.name, '')} |")
+            cells = [f"`{f.name}`", tname, *values, docs.get(f.name, "")]
+            lines.append("| " + " | ".join(map(cell, cells)) + " |")
         lines.append("")
     return "\n".join(lines)
 

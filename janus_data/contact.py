@@ -8,14 +8,14 @@ from pathlib import Path
 import polars as pl
 from PIL import Image, ImageDraw
 
-from janus_data.manifest import atomic_write, scan_manifest
+from janus_data.manifest import IMAGES_KIND, atomic_write, scan_manifest
 from janus_data.storage import open_image
 from janus_data.synth import IMAGE_SCHEMA
 
 
 def contact_sheet(run_dir: Path, out: Path, max_prompts: int = 8, thumb: int = 64, label: int = 14) -> Path:
     """Write a PNG grid (prompts x candidates, FLUX then Janus-Pro) and return its path."""
-    df = scan_manifest(run_dir, "images", IMAGE_SCHEMA).sort("prompt_id", "generator", "index").collect()
+    df = scan_manifest(run_dir, IMAGES_KIND, IMAGE_SCHEMA).sort("prompt_id", "generator", "index").collect()
     prompt_ids = df["prompt_id"].unique(maintain_order=True).head(max_prompts).to_list()
     rows = [df.filter(pl.col("prompt_id") == pid) for pid in prompt_ids]
     cols = max((r.height for r in rows), default=0)

@@ -18,6 +18,11 @@ if TYPE_CHECKING:  # polars is imported where a frame is read: the trainers and 
     import polars as pl
 
 MANIFEST_DIR = "manifests"
+# The manifest kinds: <run>/manifests/<kind>/, one per stage's output.
+PROMPTS_KIND = "prompts"  # janus_data.prompts
+IMAGES_KIND = "images"  # janus data synth
+SCORES_KIND = "scores"  # janus data score
+SAMPLES_KIND = "samples"  # janus data filter
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:

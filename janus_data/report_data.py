@@ -11,7 +11,7 @@ import yaml
 
 from janus_data.checks import require_report_inputs
 from janus_data.filter import samples_path
-from janus_data.manifest import scan_manifest
+from janus_data.manifest import IMAGES_KIND, SCORES_KIND, scan_manifest
 from janus_data.prompts import read_prompts_manifest
 from janus_data.rundir import CKPT_DIRS, CONFIG_FILE, METRICS, SFT_DIR, STATE_FILE, read_metrics
 from janus_data.score import SCORE_SCHEMA
@@ -75,8 +75,8 @@ def load_run(run_dir: Path) -> tuple[RunData, list[str]]:
     data = RunData(
         run_dir=run_dir,
         prompts=read_prompts_manifest(run_dir),
-        images=scan_manifest(run_dir, "images", IMAGE_SCHEMA).collect(),
-        scores=scan_manifest(run_dir, "scores", SCORE_SCHEMA).collect(),
+        images=scan_manifest(run_dir, IMAGES_KIND, IMAGE_SCHEMA).collect(),
+        scores=scan_manifest(run_dir, SCORES_KIND, SCORE_SCHEMA).collect(),
         samples=pl.read_parquet(spath) if spath.is_file() else None,
         sft_state=sft_state if isinstance(sft_state, dict) else None,
         metrics=metrics,

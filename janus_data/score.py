@@ -32,7 +32,15 @@ from janus_data.dist import Shard
 from janus_data.errors import JanusError, RunDirError, one_line
 from janus_data.judge.factory import check_judge, make_judge
 from janus_data.judge.types import Judge, JudgeResult
-from janus_data.manifest import clean_temp_files, ensure_writable, manifest_dir, scan_manifest, write_parquet_atomic
+from janus_data.manifest import (
+    IMAGES_KIND,
+    SCORES_KIND,
+    clean_temp_files,
+    ensure_writable,
+    manifest_dir,
+    scan_manifest,
+    write_parquet_atomic,
+)
 from janus_data.progress import stage_progress
 from janus_data.prompts import read_prompts_manifest
 from janus_data.rundir import rank_dir, save_run_config
@@ -92,7 +100,7 @@ class LoadedImage:
 
 def plan_scores(run_dir: Path, shard: Shard) -> pl.DataFrame:
     """Every image this rank judges: the image manifest's rows of its prompts, with the prompt text."""
-    images = scan_manifest(run_dir, "images", IMAGE_SCHEMA).select(
+    images = scan_manifest(run_dir, IMAGES_KIND, IMAGE_SCHEMA).select(
         "image_id", "prompt_id", "generator", "shard", "offset", "length", "sha256"
     )
     prompts = read_prompts_manifest(run_dir).select("prompt_id", "prompt")
@@ -108,14 +116,14 @@ def plan_scores(run_dir: Path, shard: Shard) -> pl.DataFrame:
 
 def scored_image_ids(run_dir: Path, retry: set[str] = frozenset()) -> pl.DataFrame:
     """image_id of every image that already has a score row (any rank, any status), but those in `retry`."""
-    ids = scan_manifest(run_dir, "scores", SCORE_SCHEMA).select("image_id").unique().collect()
+    ids = scan_manifest(run_dir, SCORES_KIND, SCORE_SCHEMA).select("image_id").unique().collect()
     return ids.filter(~pl.col("image_id").is_in(list(retry))) if retry else ids
 
 
 def error_rows(run_dir: Path, rank: int, mine: set[str]) -> dict[Path, set[str]]:
     """The error rows of `mine` in this rank's parts: {part: image_ids}."""
     found: dict[Path, set[str]] = {}
-    root = manifest_dir(run_dir, "scores") / rank_dir(rank)
+    root = manifest_dir(run_dir, SCORES_KIND) / rank_dir(rank)
     for part in sorted(root.glob("*.parquet")) if root.exists() else []:
         ids = pl.read_parquet(part, columns=["image_id", "status"]).filter(pl.col("status") == "error")["image_id"]
         stale = set(ids) & mine
@@ -197,12 +205,12 @@ def score_rows(
 def write_scores(run_dir: Path, df: pl.DataFrame, rank: int) -> Path:
     """One batch's part, named after its images so a rerun of the same batch cannot double it."""
     part = "part-" + hashlib.sha1("|".join(df["image_id"]).encode()).hexdigest()[:16]
-    return write_parquet_atomic(df, manifest_dir(run_dir, "scores") / rank_dir(rank) / f"{part}.parquet")
+    return write_parquet_atomic(df, manifest_dir(run_dir, SCORES_KIND) / rank_dir(rank) / f"{part}.parquet")
 
 
 def score_stats(run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per generator over the whole run: counts, mean S, pass rates; and a 10-bin histogram of S."""
-    scores = scan_manifest(run_dir, "scores", SCORE_SCHEMA)
+    scores = scan_manifest(run_dir, SCORES_KIND, SCORE_SCHEMA)
     s = pl.col("score")
     by_generator = (
         scores.group_by("generator")
@@ -239,7 +247,7 @@ def run_score(
     run_dir = Path(run_dir)
     require_images(run_dir)
     ensure_writable(run_dir)
-    clean_temp_files(manifest_dir(run_dir, "scores"))
+    clean_temp_files(manifest_dir(run_dir, SCORES_KIND))
     result = ScoreResult(run_dir, shard, retry_errors=cfg.score.retry_errors)
     plan = plan_scores(run_dir, shard)
     stale = error_rows(run_dir, shard.rank, set(plan["image_id"])) if cfg.score.retry_errors else {}

@@ -30,8 +30,8 @@ import re
 import polars as pl
 
 from janus_data.config import FilterConfig
+from janus_data.janus_format import TASKS as TASKS  # re-exported: filter and report read it here
 
-TASKS = ("t2i", "judge", "regen")
 _KEY_BITS = 60  # 15 hex digits of sha256: fits Int64
 # The answer word is the reason's first word (\w run) after any non-word characters; the same
 # patterns run in Python (re) and in Polars (Rust regex), both Unicode-aware.

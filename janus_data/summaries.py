@@ -6,7 +6,7 @@ from rich import box
 from rich.table import Table
 
 from janus_data.filter import FilterResult
-from janus_data.manifest import manifest_dir
+from janus_data.manifest import IMAGES_KIND, SAMPLES_KIND, SCORES_KIND, manifest_dir
 from janus_data.score import THRESHOLDS, ScoreResult
 from janus_data.synth import SynthResult
 
@@ -32,7 +32,7 @@ def synth_table(result: SynthResult) -> Table:
     done = sum(g.existing + g.generated for g in result.generators.values())
     table.caption = (
         f"{done:,}/{total:,} images complete for this rank · wall {result.seconds:.1f} s\n"
-        f"images: {result.run_dir / 'images'}  manifest: {manifest_dir(result.run_dir, 'images')}"
+        f"images: {result.run_dir / 'images'}  manifest: {manifest_dir(result.run_dir, IMAGES_KIND)}"
     )
     table.caption_justify = "left"
     return table
@@ -81,7 +81,7 @@ def score_table(result: ScoreResult) -> Table:
         f"this call: {result.written:,} rows written ({result.judged:,} judged at {rate}, "
         f"{result.errors:,} errors, {result.flagged:,} flagged{retried}), {result.existing:,}/{result.planned:,} "
         f"already scored · wall {result.seconds:.1f} s\n"
-        f"manifest: {manifest_dir(result.run_dir, 'scores')}"
+        f"manifest: {manifest_dir(result.run_dir, SCORES_KIND)}"
     )
     table.caption_justify = "left"
     return table
@@ -137,7 +137,7 @@ def filter_table(result: FilterResult) -> Table:
         f"{result.prompts_without_sample:,} without a good image, {result.prompts_without_pair:,} without a "
         f"regeneration pair\nlabels ({result.judge_labels}): {labels}\n"
         f"mix {mix}: {budget:,} samples before {dry or '-'} runs dry · wall {result.seconds:.1f} s\n"
-        f"shards: {result.run_dir / 'sft'}  manifest: {manifest_dir(result.run_dir, 'samples')}"
+        f"shards: {result.run_dir / 'sft'}  manifest: {manifest_dir(result.run_dir, SAMPLES_KIND)}"
     )
     table.caption_justify = "left"
     return table

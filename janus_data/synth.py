@@ -24,6 +24,7 @@ from PIL import Image
 from janus_data.config import JanusRunConfig, SynthConfig, split_counts
 from janus_data.dist import Shard
 from janus_data.manifest import (
+    IMAGES_KIND,
     clean_temp_files,
     ensure_writable,
     manifest_dir,
@@ -136,13 +137,13 @@ def plan_images(prompts: pl.DataFrame, cfg: SynthConfig, shard: Shard) -> pl.Dat
 
 def existing_image_ids(run_dir: Path) -> pl.DataFrame:
     """image_id of every image already in the manifest (any rank, any earlier world size)."""
-    return scan_manifest(run_dir, "images", IMAGE_SCHEMA).select("image_id").unique().collect()
+    return scan_manifest(run_dir, IMAGES_KIND, IMAGE_SCHEMA).select("image_id").unique().collect()
 
 
 def repair_rank_shards(run_dir: Path, generators: tuple[str, ...], rank: int) -> int:
     """Cut this rank's shards back to what the manifest references (a kill mid-batch) and seal them."""
     extents = dict(
-        scan_manifest(run_dir, "images", IMAGE_SCHEMA)
+        scan_manifest(run_dir, IMAGES_KIND, IMAGE_SCHEMA)
         .filter(pl.col("rank") == rank)
         .group_by("shard")
         .agg((pl.col("offset") + pl.col("length")).max().alias("end"))
@@ -198,7 +199,7 @@ def write_batch(
         },
         schema=IMAGE_SCHEMA,
     )
-    write_parquet_atomic(df, manifest_dir(run_dir, "images") / gen.name / rank_dir(rank) / f"{part}.parquet")
+    write_parquet_atomic(df, manifest_dir(run_dir, IMAGES_KIND) / gen.name / rank_dir(rank) / f"{part}.parquet")
 
 
 def generator_factories(cfg: JanusRunConfig) -> dict[str, Callable[[], ImageGenerator]]:
@@ -239,7 +240,7 @@ def run_synth(
         write_prompts_manifest(run_dir, prompts_df)
     require_prompts(run_dir)
     prompts = read_prompts_manifest(run_dir)
-    clean_temp_files(manifest_dir(run_dir, "images"))
+    clean_temp_files(manifest_dir(run_dir, IMAGES_KIND))
     result = SynthResult(Path(run_dir), shard, prompts.height, prompt_stats)
     result.shards_repaired = repair_rank_shards(run_dir, scfg.generators, shard.rank)
 

@@ -11,6 +11,9 @@ A checkpoint is written into `.step-000100.tmp` and renamed when complete, so a 
 and plain containers only, never arbitrary pickled objects. The sha256s catch a checkpoint that
 was damaged after it was written; resuming from it fails with one line instead of training on
 garbage.
+
+torch and numpy are imported where they are used: finding checkpoints (`janus_train.resume`)
+needs neither.
 """
 
 from __future__ import annotations
@@ -22,9 +25,6 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from janus_data.errors import JanusError, one_line
 
@@ -66,6 +66,9 @@ def _sha256(path: Path) -> str:
 
 def rng_state() -> dict:
     """Every RNG a training step draws from (torch CPU and CUDA, numpy, python)."""
+    import numpy as np
+    import torch
+
     state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state()[1].astype(np.int64).tolist(),
@@ -79,6 +82,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     torch.set_rng_state(state["torch"])
     np.random.set_state(("MT19937", np.asarray(state["numpy"], dtype=np.uint32), state["numpy_pos"], 0, 0.0))
     random.setstate((3, tuple(state["python"]), state["python_pos"]))
@@ -100,6 +106,8 @@ def save_checkpoint(
 
     `state_dict`: the full weights when `model`'s own are sharded (FSDP); None: `model`'s.
     """
+    import torch
+
     root = Path(root)
     final = step_dir(root, step)
     tmp = root / f".{final.name}.tmp"
@@ -139,17 +147,31 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
     return found[-1] if found else None
 
 
+def read_info(ckpt: Checkpoint) -> dict:
+    """trainer_state.json alone: what the checkpoint was trained with, cheaply (no sha256 check)."""
+    try:
+        return json.loads((ckpt.path / STATE_JSON).read_text())
+    except (OSError, ValueError) as err:
+        raise _damaged(ckpt, err) from None
+
+
 def load_trainer_state(ckpt: Checkpoint) -> tuple[dict, dict]:
     """(trainer_state.pt contents, trainer_state.json contents), checked against their sha256s."""
+    import torch
+
+    info = read_info(ckpt)
     try:
-        info = json.loads((ckpt.path / STATE_JSON).read_text())
         for name, digest in info["sha256"].items():
             if _sha256(ckpt.path / name) != digest:
                 raise ValueError(f"{name} does not match the sha256 recorded when it was written")
         trainer = torch.load(ckpt.path / STATE_PT, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as err:
-        raise CheckpointError(
-            f"checkpoint {ckpt.path} is damaged: {one_line(err)}",
-            hint="delete it to resume from the one before, or start without --resume",
-        ) from None
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        raise _damaged(ckpt, err) from None
     return trainer, info
+
+
+def _damaged(ckpt: Checkpoint, err: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {ckpt.path} is damaged: {one_line(err)}",
+        hint="delete it to resume from the one before, or pass --restart to start over",
+    )

@@ -52,10 +52,9 @@ from pathlib import Path
 from typing import Any
 
 from janus_data.errors import JanusError
+from janus_data.janus_format import TASKS
 from janus_data.wds import decode_sample, iter_samples, list_shards
 
-TASKS = ("t2i", "judge", "regen")
-PAPER_MIX = {"t2i": 0.2, "judge": 0.3, "regen": 0.5}
 STATE_VERSION = 1
 FILTER_HINT = "run `janus data filter` first"
 VQ_HINT = "rebuild with janus data filter, or train the checkpoint the run generated with"

@@ -1,4 +1,4 @@
-"""The pure-math core of Janus-Pro-R1's GRPO (PAPER.md "GRPO"): rewards, advantages, losses.
+"""The pure-math core of Janus-Pro-R1's GRPO (docs/paper.md, 'GRPO'): rewards, advantages, losses.
 
 No model code. A rollout of one prompt is image 1 -> a forced Yes/No answer + reason -> image 2
 (only if the answer was No). Three rewards, each normalised within its prompt's group of G

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from janus_data.generators.janus_loop import position_ids_from_mask
-from janus_train.sequences import IGNORE, TASKS, Sample
+from janus_data.janus_format import TASKS
+from janus_train.sequences import IGNORE, Sample
 
 
 @dataclass

@@ -8,10 +8,12 @@ Each stage is already resumable on its own (it does only the missing work). The 
   file's bytes for synth, and the fingerprint of the stage before it. A stage whose record
   matches is skipped without loading a model; a changed setting upstream re-runs everything
   after it (each stage then does only what is missing);
-- SFT and GRPO continue from their latest checkpoint when they were stopped midway; when they
-  had finished with other inputs, their old checkpoints are set aside
-  (`checkpoints/<stage>.stale-<fingerprint>`) and they train afresh. To train longer with the
-  same inputs, use `janus train sft|rl --resume --max-steps N`;
+- SFT and GRPO continue from their latest checkpoint when they were stopped midway (the
+  trainers do that themselves, `janus_train.resume`). When they had finished with other
+  inputs, or were stopped midway under other settings, their old checkpoints are set aside
+  (`resume.set_aside`: `checkpoints/<stage>.stale-<fingerprint or date-time>`) and they train
+  afresh. To train longer with the same inputs, raise `sft|rl.max_steps` or use
+  `janus train sft|rl --max-steps N`;
 - the first failure stops the chain with one line naming the stage and the command that
   resumes it. Completed stages stay recorded.
 
@@ -36,6 +38,7 @@ from janus_data.manifest import atomic_write
 from janus_data.prompts import check_prompt_file
 from janus_data.rundir import CKPT_DIRS, save_run_config
 from janus_train import stages
+from janus_train.resume import is_stale, set_aside
 from janus_train.stages import STAGES
 
 RECORD_DIR = "pipeline"
@@ -104,11 +107,6 @@ def read_record(run_dir: Path, stage: str) -> dict[str, Any] | None:
         return None  # absent or torn: the stage counts as not done
 
 
-def _set_aside(ckpt_root: Path, old_fingerprint: str) -> None:
-    if ckpt_root.exists():
-        ckpt_root.rename(ckpt_root.with_name(f"{ckpt_root.name}.stale-{old_fingerprint}"))
-
-
 def stage_range(start: str | None, stop: str | None) -> list[str]:
     """The stages from `start` to `stop` inclusive, or a one-line error naming the valid ones."""
     for name in (start, stop):
@@ -145,10 +143,9 @@ def run_pipeline(
         "synth": lambda: stages.synth(run_dir, cfg, prompts, progress=progress),
         "score": lambda: stages.score(run_dir, cfg, progress=progress),
         "filter": lambda: stages.filter_(run_dir, cfg, progress=progress),
-        "sft": lambda: stages.sft(run_dir, cfg, resume=_has_checkpoint(run_dir, "sft"), progress=progress),
-        "rl": lambda: stages.rl(run_dir, cfg, resume=_has_checkpoint(run_dir, "rl"), progress=progress),
+        "sft": lambda: stages.sft(run_dir, cfg, progress=progress),
+        "rl": lambda: stages.rl(run_dir, cfg, progress=progress),
     }
-    trainers = {"sft": CKPT_DIRS["sft"], "rl": CKPT_DIRS["rl"]}
     outcomes = []
     upstream = ""
     for stage in STAGES:
@@ -163,12 +160,10 @@ def run_pipeline(
         if record is not None and record.get("fingerprint") == fp:
             outcome = StageOutcome(stage, "skipped")
         else:
-            if stage in trainers and record is not None:
-                # Finished before with other inputs: its checkpoints belong to those; set them aside
-                # and train afresh (a run killed mid-stage has no record and resumes instead).
-                _set_aside(run_dir / trainers[stage], record["fingerprint"])
             t0 = time.perf_counter()
             try:
+                if stage in CKPT_DIRS:
+                    _set_aside_stale(run_dir / CKPT_DIRS[stage], stage, cfg, record)
                 result = runners[stage]()
             except Exception as err:  # KeyboardInterrupt passes: the CLI says how to resume
                 message, hint = (err.message, err.hint) if isinstance(err, JanusError) else (one_line(err), "")
@@ -186,11 +181,17 @@ def run_pipeline(
     return outcomes
 
 
-def _has_checkpoint(run_dir: Path, stage: str) -> bool:
-    """A trainer stopped midway left a checkpoint: it resumes from it."""
-    from janus_train.checkpoint import latest_checkpoint
+def _set_aside_stale(ckpt_root: Path, stage: str, cfg: JanusRunConfig, record: dict | None) -> None:
+    """Set a trainer's checkpoints aside when they belong to other inputs; the trainer then starts afresh.
 
-    return latest_checkpoint(run_dir / CKPT_DIRS[stage]) is not None
+    Finished before with other inputs (a record with another fingerprint), or stopped midway
+    under other settings (`resume.is_stale`). A run stopped midway with these settings has no
+    record and a matching checkpoint: the trainer continues from it.
+    """
+    if record is not None:
+        set_aside(ckpt_root, record["fingerprint"])
+    elif is_stale(ckpt_root, stage, to_dict(getattr(cfg, stage))):
+        set_aside(ckpt_root)
 
 
 @dataclass

@@ -1,35 +1,29 @@
-"""What scores a rollout's images for GRPO: the InternVL judge of #3, or a known synthetic function.
+"""GRPO's rewards: what scores a rollout's images (the InternVL judge, or a synthetic function); R1, R2, R3.
 
-A scorer maps (prompt, image) pairs to S in [0, 1]. `JudgeScorer` wraps any `Judge` (in
-process, or LMDeploy servers over HTTP) and never invents a score: images the judge could not
-score are sent again, and after `retries` tries the step fails with one line. A group is never
-silently scored 0. `CodebookShareScorer` is a transparent synthetic reward (the share of an
-image's VQ codes in a target subset of the codebook), for checking that the trainer learns.
+A scorer has a `name` and `score(prompts, pixels, tokens) -> list[float]`: S in [0, 1] per
+(prompt, image), `pixels` (H, W, 3) uint8, `tokens` the image's (N,) codes. `JudgeScorer`
+wraps any `Judge` (in process, or LMDeploy servers over HTTP) and never invents a score:
+images the judge could not score are sent again, and after `retries` tries the step fails
+with one line. A group is never silently scored 0. `CodebookShareScorer` is a transparent
+synthetic reward (the share of an image's VQ codes in a target subset of the codebook), for
+checking that the trainer learns. `rollout_rewards` turns S into each segment's reward.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
 from janus_data.errors import JanusError, one_line
+from janus_train.grpo_math import consistency_reward, final_reward, selfcheck_reward
 
 
 class RewardError(JanusError):
     """The reward model could not score a step's images."""
-
-
-class Scorer(Protocol):
-    name: str
-
-    def score(self, prompts: list[str], pixels: list[np.ndarray], tokens: list[torch.Tensor]) -> list[float]:
-        """S in [0, 1] per (prompt, image); `pixels` (H, W, 3) uint8, `tokens` the image's (N,) codes."""
-        ...
 
 
 class JudgeScorer:
@@ -66,7 +60,7 @@ class JudgeScorer:
         raise RewardError(
             f"the judge scored {len(images) - len(todo)} of {len(images)} images after {self.retries} tries "
             f"(last problem: {last}); a group is never scored with a guess",
-            hint="check the judge (score.* settings, the server's log); `janus train rl --resume` continues",
+            hint="check the judge (score.* settings, the server's log); rerun `janus train rl` to continue",
         )
 
 
@@ -83,3 +77,12 @@ class CodebookShareScorer:
 
     def score(self, prompts: list[str], pixels: list[np.ndarray], tokens: list[torch.Tensor]) -> list[float]:
         return [float(self.mask[t.cpu()].float().mean()) for t in tokens]
+
+
+def rollout_rewards(s1: torch.Tensor, s2: torch.Tensor, said_yes: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-segment rewards: image1 <- R1 = S(image 1), judge <- R2 = 1 - |S1 - selfcheck|, final <- R3 = S(final)."""
+    return {
+        "image1": consistency_reward(s1),
+        "judge": selfcheck_reward(s1, said_yes),
+        "final": final_reward(s1, s2, said_yes),
+    }

@@ -1,4 +1,4 @@
-"""Introspective rollouts for GRPO (PAPER.md "GRPO"): draw, judge yourself, redraw if unhappy.
+"""Introspective rollouts for GRPO (docs/paper.md, 'GRPO'): draw, judge yourself, redraw if unhappy.
 
 One rollout of a prompt, in the released code's sequence formats (`sequences.py`):
 

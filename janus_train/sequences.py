@@ -1,6 +1,6 @@
 """The SFT sequences of Janus-Pro-R1: one builder per task, in the released code's format.
 
-Templates (PAPER.md "Janus-Pro sequence format"; `{...}` are filled in, `[gen:N]` is N
+Templates (docs/paper.md, 'Janus-Pro sequence format'; `{...}` are filled in, `[gen:N]` is N
 generation-path positions (VQ codes -> gen_embed -> gen_aligner), `[und:M]` M
 understanding-path positions (`<image_placeholder>` ids whose embeddings become the
 image's SigLIP + aligner features)):
@@ -24,13 +24,14 @@ state at p must predict, so no shift happens later):
   judge weights. The bad image's codes are context (no loss).
 
 Caption dropout (Tasks I and III, probability `caption_dropout`, drawn from the caller's
-`random.Random`): PAPER.md's CFG rows pad every prompt token but BOS and `<begin_of_image>`,
-in regeneration only the first prompt (not the evaluation text), and the released SFT code
-drops exactly that span (`input_ids[1:-1] = pad` on `<BOS>...<begin_of_image>`) in both
-tasks. So the default `dropout_scope="turn"` pads the whole chat turn between BOS and the
-first `<begin_of_image>` (scaffolding included), which is what the unconditional row of the
-generation loop (`janus_loop.unconditional_ids`) sees at inference. `dropout_scope="caption"`
-pads only the tokens that overlap the caption's characters and keeps the scaffolding.
+`random.Random`): the CFG rows of docs/paper.md ('Classifier-free guidance and sampling') pad
+every prompt token but BOS and `<begin_of_image>`, in regeneration only the first prompt (not
+the evaluation text), and the released SFT code drops exactly that span (`input_ids[1:-1] =
+pad` on `<BOS>...<begin_of_image>`) in both tasks. So the default `dropout_scope="turn"` pads
+the whole chat turn between BOS and the first `<begin_of_image>` (scaffolding included), which
+is what the unconditional row of the generation loop (`janus_loop.unconditional_ids`) sees at
+inference. `dropout_scope="caption"` pads only the tokens that overlap the caption's
+characters and keeps the scaffolding.
 
 Representation (`Sample`): per-position numpy arrays of length L (input_ids, text_labels,
 text_weights, image_labels; -100 = no target) plus the image spans (start, payload). It pads
@@ -47,7 +48,7 @@ from typing import Any, Literal
 import numpy as np
 
 from janus_data.generators.janus import generation_prompt
-from janus_data.tiny.janus import BOI, EOI, IMAGE_TOKEN
+from janus_data.janus_format import BOI, EOI, IMAGE_TOKEN, TASKS
 
 IGNORE = -100
 
@@ -56,7 +57,6 @@ CHAT_PREFIX, CHAT_SUFFIX = generation_prompt("\x00").split("\x00")  # "<|User|>:
 JUDGE_TRIGGER = "\nLet me think Does this image match the prompt..."  # after <end_of_image>
 REGEN_TRIGGER = "\nNext, I will draw a new image"  # after <EOS>, before <begin_of_image>
 
-TASKS = ("t2i", "judge", "regen")
 ANSWER_WORD = re.compile(r"\s*(Yes|No)\b", re.IGNORECASE)  # the answer a reason starts with
 DropoutScope = Literal["turn", "caption"]
 

@@ -9,6 +9,7 @@ remain the library API (they check the same inputs themselves).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from janus_data.report import ReportResult
     from janus_data.score import ScoreResult
     from janus_data.synth import SynthResult
-    from janus_train.grpo import RLResult
+    from janus_train.rl import RLResult
     from janus_train.sft import SFTResult
 
 STAGES = ("synth", "score", "filter", "sft", "rl")
@@ -83,13 +84,15 @@ def sft(
     cfg: JanusRunConfig,
     max_steps: int | None = None,
     resume: bool = False,
+    restart: bool = False,
     progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> SFTResult:
-    """`janus train sft`: the filter's shards, then the trainer."""
+    """`janus train sft`: the filter's shards, then the trainer (`sft.run_sft`)."""
     require_sft_shards(run_dir)
     from janus_train.sft import run_sft
 
-    return run_sft(run_dir, cfg, max_steps=max_steps, resume=resume, progress=progress)
+    return run_sft(run_dir, cfg, max_steps, resume=resume, restart=restart, progress=progress, log=log)
 
 
 def rl(
@@ -98,13 +101,17 @@ def rl(
     init: str | None = None,
     max_steps: int | None = None,
     resume: bool = False,
+    restart: bool = False,
+    from_base: bool = False,
     progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> RLResult:
-    """`janus train rl`: the RL prompts (rl.prompts, else the run's), then the trainer."""
+    """`janus train rl`: the RL prompts (rl.prompts, else the run's), then the trainer (`rl.run_rl`)."""
     require_rl_prompts(run_dir, cfg.rl.prompts)
-    from janus_train.grpo import run_rl
+    from janus_train.rl import run_rl
 
-    return run_rl(run_dir, cfg, init=init, max_steps=max_steps, resume=resume, progress=progress)
+    flags = {"resume": resume, "restart": restart, "from_base": from_base}
+    return run_rl(run_dir, cfg, init, max_steps, **flags, progress=progress, log=log)
 
 
 def report(run_dir: Path, out: Path | None = None, prompts_shown: int = 6) -> ReportResult:

@@ -8,13 +8,15 @@ from typing import TYPE_CHECKING, Any
 from rich import box
 from rich.table import Table
 
+from janus_data.janus_format import TASKS
 from janus_data.rundir import CKPT_DIRS, METRICS, first_latest_table, read_metrics
-from janus_train.data import TASKS
+from janus_train.resume import POLICY_SOURCES
 from janus_train.stages import STAGE_OUTPUTS
 
 if TYPE_CHECKING:
-    from janus_train.grpo import RLResult
+    from janus_train.core import TrainResult
     from janus_train.pipeline import StageOutcome
+    from janus_train.rl import RLResult
     from janus_train.sft import SFTResult
 
 # What the tables compare, and the report's tables too: the first and latest steps logged.
@@ -33,15 +35,28 @@ def _metrics_table(title: str, run_dir: Path, stage: str, keys: dict[str, str], 
     return table
 
 
+def already_done(stage: str, result: TrainResult) -> str:
+    """The one line a rerun of a finished trainer prints."""
+    return (
+        f"{stage}: already finished at step {result.end_step} (target {result.max_steps}): {result.checkpoint}; "
+        f"nothing to do (--max-steps N trains longer, --restart starts over)"
+    )
+
+
+def _start_note(result: TrainResult) -> str:
+    aside = f"previous checkpoints set aside as {result.set_aside} · " if result.set_aside else ""
+    return aside + (f"resumed from {result.resumed_from} · " if result.resumed_from else "")
+
+
 def sft_table(result: SFTResult) -> Table:
     """Each task's loss at the first and latest logged step, throughput, where the checkpoint is."""
     title = f"janus train sft — steps {result.start_step} -> {result.end_step} of {result.max_steps}"
     keys = {task: f"loss/{task}" for task in (*TASKS, "total")}
     table = _metrics_table(title, result.run_dir, "sft", keys, "loss")
-    resumed = f"resumed from {result.resumed_from} · " if result.resumed_from else ""
     table.caption = (
-        f"{resumed}{result.samples:,} samples on {result.world_size} process(es) at {result.samples_per_s:.2f} "
-        f"samples/s · wall {result.seconds:.1f} s\ncheckpoint: {result.checkpoint or '-'}\n"
+        f"{_start_note(result)}{result.samples:,} samples on {result.world_size} process(es) "
+        f"at {result.samples_per_s:.2f} samples/s · wall {result.seconds:.1f} s\n"
+        f"checkpoint: {result.checkpoint or '-'}\n"
         + LOGGED.format(path=Path(result.run_dir) / CKPT_DIRS["sft"] / METRICS)
     )
     return table
@@ -65,10 +80,11 @@ def rl_table(result: RLResult) -> Table:
     table = _metrics_table(title, result.run_dir, "rl", RL_ROWS, "metric")
     spent = sum(result.times.values()) or 1.0
     split = " · ".join(f"{k} {v:.1f} s ({100 * v / spent:.0f}%)" for k, v in result.times.items())
-    resumed = f"resumed from {result.resumed_from} · " if result.resumed_from else ""
+    source = POLICY_SOURCES.get(result.init_from, "as recorded in the checkpoint")
     table.caption = (
-        f"{resumed}{result.rollouts:,} rollouts on {result.world_size} process(es) · scorer {result.scorer} · "
-        f"reference refreshes {result.refreshes} · wall {result.seconds:.1f} s\n{split}\n"
+        f"policy started from {result.init} ({source})\n"
+        f"{_start_note(result)}{result.rollouts:,} rollouts on {result.world_size} process(es) · "
+        f"scorer {result.scorer} · reference refreshes {result.refreshes} · wall {result.seconds:.1f} s\n{split}\n"
         f"checkpoint: {result.checkpoint or '-'}\n"
         + LOGGED.format(path=Path(result.run_dir) / CKPT_DIRS["rl"] / METRICS)
     )
@@ -77,10 +93,12 @@ def rl_table(result: RLResult) -> Table:
 
 def stage_summary(stage: str, result: Any) -> list[Any]:
     """What to print after `stage` (or the report) ran: its headline and tables; nothing on processes other than 0."""
-    if stage == "sft":
-        return [sft_table(result)] if result.rank == 0 else []
-    if stage == "rl":
-        return [rl_table(result)] if result.rank == 0 else []
+    if stage in ("sft", "rl"):
+        if result.rank != 0:
+            return []
+        if result.already_done:
+            return [already_done(stage, result)]
+        return [sft_table(result) if stage == "sft" else rl_table(result)]
     if stage == "report":
         from janus_data.report import report_table
 

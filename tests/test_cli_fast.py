@@ -139,7 +139,7 @@ NO_POLARS = "import sys; sys.modules['polars'] = None\n"
 
 
 def test_sft_and_grpo_import_without_polars():
-    code = NO_POLARS + "import janus_train.sft, janus_train.grpo, janus_train.stages, janus_train.summary\n"
+    code = NO_POLARS + "import janus_train.sft, janus_train.rl, janus_train.stages, janus_train.summary\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=HANG_S)
     assert out.returncode == 0, out.stderr[-2000:]
 
@@ -221,7 +221,7 @@ def test_check_prompt_file_finds_what_load_prompts_rejects_without_polars(tmp_pa
 
 
 def test_cli_and_report_show_the_same_first_and_latest_sft_losses(tmp_path):
-    from janus_data.report import _first_latest
+    from janus_data.report_sections import _first_latest
     from janus_data.rundir import read_metrics
     from janus_train.sft import SFTResult
     from janus_train.summary import sft_table

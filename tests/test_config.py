@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,23 @@ def test_configuration_doc_is_generated_from_the_code():
     assert (REPO / "docs" / "configuration.md").read_text() == render(), (
         "run: python -m janus_data.config_doc > docs/configuration.md"
     )
+
+
+def test_every_configuration_table_row_has_the_header_s_cells():
+    """A bare `|` in a cell (a `str | None` type, a docstring's `1/|o_i|`) would add a column."""
+    rows: list[tuple[int, str]] = []
+    for n, line in enumerate((REPO / "docs" / "configuration.md").read_text().splitlines(), start=1):
+        if line.startswith("|"):
+            rows.append((n, line))
+        elif rows:
+            _check_table(rows)
+            rows = []
+    _check_table(rows)
+
+
+def _check_table(rows: list[tuple[int, str]]) -> None:
+    if not rows:
+        return
+    cells = {n: len(re.split(r"(?<!\\)\|", line)) - 2 for n, line in rows}
+    header = cells[rows[0][0]]
+    assert header >= 3 and all(c == header for c in cells.values()), f"rows and their cell counts: {cells}"

@@ -34,8 +34,8 @@ from janus_data.judge.types import JudgeResult
 from janus_data.prompts import load_prompts, write_prompts_manifest
 from janus_data.score import run_score
 from janus_data.synth import run_synth
-from janus_train.grpo import run_rl
 from janus_train.rewards import CodebookShareScorer
+from janus_train.rl import run_rl
 from janus_train.sft import run_sft
 
 PROMPTS = ["a red cube on a table", "a yellow taxi", "a lighthouse at night"]

@@ -25,13 +25,14 @@ from janus_data.judge.server import JudgeServer
 from janus_data.judge.types import JudgeResult
 from janus_data.prompts import load_prompts, write_prompts_manifest
 from janus_data.vq import VQEncoder
-from janus_train.grpo import rollout_logprobs, rollout_rewards, run_rl, segments_for
+from janus_train.core import FROZEN, module_of
 from janus_train.grpo_math import group_advantages
+from janus_train.logprobs import rollout_logprobs, segments_for
 from janus_train.losses import collate, hidden_states
-from janus_train.rewards import CodebookShareScorer, JudgeScorer, RewardError
+from janus_train.rewards import CodebookShareScorer, JudgeScorer, RewardError, rollout_rewards
+from janus_train.rl import run_rl
 from janus_train.rollout import RolloutEngine, RolloutParams, Rollouts, answer_words
 from janus_train.sequences import IGNORE, SequenceBuilder
-from janus_train.sft import FROZEN, module_of
 
 PROMPTS = ["a red cube", "two birds on a tree", "a cat on a sofa", "a blue car", "three green apples"]
 
@@ -453,12 +454,13 @@ def test_reference_refresh_triggers_on_schedule_and_on_a_reward_drop():
 
 
 def test_learning_rate_schedules():
-    from janus_train.grpo import RefState, lr_lambda
+    from janus_train.grpo import RefState
+    from janus_train.optim import rl_lr_lambda
 
     state = RefState()
-    cosine = lr_lambda(cfg(max_steps=105, warmup_steps=5, min_lr_ratio=0.0).rl, state)
+    cosine = rl_lr_lambda(cfg(max_steps=105, warmup_steps=5, min_lr_ratio=0.0).rl, state)
     assert [round(cosine(s), 4) for s in (0, 4, 5, 55, 105)] == [0.2, 1.0, 1.0, 0.5, 0.0]
-    linear = lr_lambda(cfg(max_steps=105, warmup_steps=5, schedule="linear", min_lr_ratio=0.2).rl, state)
+    linear = rl_lr_lambda(cfg(max_steps=105, warmup_steps=5, schedule="linear", min_lr_ratio=0.2).rl, state)
     assert [round(linear(s), 4) for s in (5, 55, 105)] == [1.0, 0.6, 0.2]
     state.lr_scale = 0.5
     assert linear(5) == 0.5
@@ -470,10 +472,11 @@ RELEASED_RATIOS = {"convert_lr_ratio": 1 / 3, "min_lr_ratio": 1 / 6}  # convert_
 
 def test_released_learning_rate_schedule():
     """grpo_trainer_t2iv1.py:70-88 with grpo.yml:28-34 (lr 3e-7, warm-up 5, convert 30 at 1e-7, min 5e-8), T 3000."""
-    from janus_train.grpo import RefState, lr_lambda
+    from janus_train.grpo import RefState
+    from janus_train.optim import rl_lr_lambda
 
     rl = cfg(**RELEASED, **RELEASED_RATIOS).rl
-    f = lr_lambda(rl, RefState())
+    f = rl_lr_lambda(rl, RefState())
     by_hand = {
         0: 0.0,  # 3e-7 * 0 / 5
         1: 6e-8,  # 3e-7 * 1 / 5
@@ -489,19 +492,20 @@ def test_released_learning_rate_schedule():
         assert rl.lr * f(step) == pytest.approx(lr, rel=1e-15, abs=0), step
     assert rl.lr * f(3100) == pytest.approx(5e-8, rel=1e-15, abs=0)  # a longer --max-steps holds min_lr
     # max_steps <= convert_step: the last piece is never reached in the run, and nothing divides by 0
-    short = lr_lambda(cfg(**{**RELEASED, "max_steps": 20}, **RELEASED_RATIOS).rl, RefState())
+    short = rl_lr_lambda(cfg(**{**RELEASED, "max_steps": 20}, **RELEASED_RATIOS).rl, RefState())
     assert [short(x) for x in (0, 5, 20)] == pytest.approx([0.0, 1.0, 1 - (2 / 3) * 15 / 25], rel=1e-15, abs=0)
     assert short(30) == pytest.approx(1 / 6, rel=1e-15, abs=0)
 
 
 def test_released_schedule_through_lambda_lr_first_update_at_zero():
     """The optimizer steps before the scheduler: update k uses lr(k - 1), so update 1 uses 0."""
-    from janus_train.grpo import RefState, lr_lambda
+    from janus_train.grpo import RefState
+    from janus_train.optim import rl_lr_lambda
 
     rl = cfg(**RELEASED, **RELEASED_RATIOS).rl
     weight = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([weight], lr=rl.lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(rl, RefState()))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rl_lr_lambda(rl, RefState()))
     used = []
     for _ in range(7):
         optimizer.zero_grad()
@@ -549,8 +553,8 @@ def test_two_processes_equal_one_with_the_same_global_batch(run, tiny_janus, tmp
 def test_a_bf16_rollout_copy_follows_the_policy(run, tiny_janus):
     """rollout_dtype bfloat16 (the default on CUDA): rollouts run on a bf16 copy that is
     refreshed in place after every update."""
+    from janus_train.core import Distributed, set_trainable
     from janus_train.grpo import GRPOStep
-    from janus_train.sft import Distributed, set_trainable
 
     model = JanusForConditionalGeneration.from_pretrained(tiny_janus)
     set_trainable(model)

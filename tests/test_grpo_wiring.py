@@ -13,10 +13,11 @@ from transformers import AutoImageProcessor, JanusForConditionalGeneration
 
 from janus_data.config import load_config, with_overrides
 from janus_data.generators.sampling import SamplerParams
-from janus_train.grpo import GRPOStep, rollout_rewards
+from janus_train.core import Distributed, set_trainable
+from janus_train.grpo import GRPOStep
+from janus_train.rewards import rollout_rewards
 from janus_train.rollout import RolloutEngine, RolloutParams
 from janus_train.sequences import SequenceBuilder
-from janus_train.sft import Distributed, set_trainable
 
 NAN = float("nan")
 

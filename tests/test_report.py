@@ -56,7 +56,7 @@ def partial_run(tmp_path_factory, janus_cache) -> Path:
 @pytest.fixture(scope="module")
 def full_run(partial_run) -> Path:
     """The partial run carried through filter, 4 SFT steps and 2 GRPO steps."""
-    from janus_train.grpo import run_rl
+    from janus_train.rl import run_rl
     from janus_train.sft import run_sft
 
     run = Path(shutil.copytree(partial_run, partial_run.parent / "full"))

@@ -22,8 +22,9 @@ from janus_data.filter import run_filter
 from janus_data.score import run_score
 from janus_data.synth import run_synth
 from janus_train.checkpoint import CheckpointError, latest_checkpoint
+from janus_train.core import FROZEN, TRAINABLE, TrainError, module_of
 from janus_train.data import DataError
-from janus_train.sft import FROZEN, TRAINABLE, TrainError, module_of, run_sft
+from janus_train.sft import run_sft
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red cube on a table", "a yellow taxi", "a lighthouse at night"]
@@ -205,7 +206,7 @@ def test_batch_reduction_is_token_level_over_the_micro_batch(tiny_janus):
     from transformers import AutoImageProcessor, AutoTokenizer, JanusForConditionalGeneration
 
     from janus_data.config import SFTConfig
-    from janus_train.steps import SFTStep
+    from janus_train.sft_step import SFTStep
 
     torch.manual_seed(0)
     model = JanusForConditionalGeneration.from_pretrained(tiny_janus, dtype=torch.float32)
@@ -243,7 +244,7 @@ def test_batch_reduction_is_token_level_over_the_micro_batch(tiny_janus):
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint_intact(run, monkeypatch):
-    import janus_train.steps as steps
+    import janus_train.sft_step as steps
 
     real = steps.per_sample_losses
     calls = {"n": 0}

@@ -15,10 +15,9 @@ from janus_data.errors import ModelError
 from janus_data.generators.fast_loop import ImageTokenLoop
 from janus_data.generators.janus_loop import cfg_inputs, decode_image_tokens, reference_image_loop
 from janus_data.generators.sampling import SamplerParams
+from janus_data.janus_format import BOI
 from janus_data.models import loading, resolve_model
 from janus_data.padding import left_pad
-
-BOI = "<begin_of_image>"
 
 
 def generation_prompt(prompt: str) -> str:

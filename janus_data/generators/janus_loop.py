@@ -1,4 +1,4 @@
-"""The project's Janus-Pro image generation loop (reference semantics of PAPER.md).
+"""The project's Janus-Pro image generation loop (docs/paper.md, 'Classifier-free guidance and sampling').
 
 Each image is two rows: conditional, and unconditional with every prompt token but BOS
 and <begin_of_image> replaced by pad. Per step the generation head gives both rows'
@@ -91,28 +91,6 @@ def reference_image_loop(
         mask = torch.cat([mask, ones], dim=1)
         positions = positions[:, -1:] + 1
     return tokens, logprobs
-
-
-@torch.inference_mode()
-def generate_image_tokens(
-    model: JanusForConditionalGeneration,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    seeds: torch.Tensor,
-    params: SamplerParams,
-    num_image_tokens: int,
-    *,
-    bos_id: int,
-    boi_id: int,
-    pad_id: int,
-    want_logprobs: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The reference loop on left-padded prompts ending in <begin_of_image>.
-
-    (B, L) ids and mask, (B,) int64 seeds -> (B, N) tokens and optionally (B, N) logprobs.
-    """
-    embeds, mask = cfg_inputs(model, input_ids, attention_mask, bos_id=bos_id, boi_id=boi_id, pad_id=pad_id)
-    return reference_image_loop(model, embeds, mask, seeds, params, num_image_tokens, want_logprobs)
 
 
 @torch.inference_mode()

@@ -17,7 +17,9 @@ import httpx
 from PIL import Image
 
 from janus_data.errors import JudgeServerError, one_line
-from janus_data.judge.scoring import answer_of, score_from_logprobs
+from janus_data.judge.protocol import CHAT_PATH, MODELS_PATH
+from janus_data.judge.scoring import MAX_TOP_LOGPROBS, answer_of, score_from_logprobs
+from janus_data.judge.serve import API_KEY_ENV
 from janus_data.judge.templates import consistency_question, reason_question
 from janus_data.judge.types import JudgeResult
 from janus_data.judge.wire import (
@@ -35,7 +37,6 @@ from janus_data.judge.wire import (
 )
 
 _RETRY_STATUS = {408, 429}
-_CHAT = "/v1/chat/completions"
 _START = "start `lmdeploy serve api_server <InternVL checkpoint> --server-port 23333` or check --endpoint"
 
 
@@ -97,8 +98,8 @@ class ServerJudge:
         backoff_s: float = 1.0,
         backoff_max_s: float = 30.0,
         reason_tokens: int = 64,
-        top_logprobs: int = 20,
-        api_key_env: str = "JANUS_JUDGE_API_KEY",
+        top_logprobs: int = MAX_TOP_LOGPROBS,
+        api_key_env: str = API_KEY_ENV,
     ):
         """`endpoints`: base URLs such as http://host:23333; `model`: the served name (None: the one listed).
 
@@ -117,8 +118,8 @@ class ServerJudge:
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
         self.reason_tokens = reason_tokens
-        if not 1 <= top_logprobs <= 20:
-            raise ValueError("top_logprobs must be in [1, 20] (the OpenAI and LMDeploy limit)")
+        if not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top_logprobs must be in [1, {MAX_TOP_LOGPROBS}] (the OpenAI and LMDeploy limit)")
         self.top_logprobs = top_logprobs
         self.api_key_env = api_key_env
         self._refused_run = 0  # pairs refused in a row, over score() calls
@@ -240,15 +241,15 @@ class ServerJudge:
 
     async def _served(self, session: _Session, ep: _Endpoint) -> list[str]:
         try:
-            body = await self._call(session, "GET", "/v1/models", eps=[ep])
+            body = await self._call(session, "GET", MODELS_PATH, eps=[ep])
             names = [str(card["id"]) for card in body["data"]]
         except (_PairFailed, KeyError, TypeError) as err:
             raise JudgeServerError(
-                one_line(f"{ep.name}/v1/models did not list a model: {err}"),
+                one_line(f"{ep.name}{MODELS_PATH} did not list a model: {err}"),
                 hint="is --endpoint an OpenAI-compatible server (lmdeploy serve api_server)?",
             ) from err
         if not names:
-            raise JudgeServerError(f"{ep.name}/v1/models lists no model", hint=_START)
+            raise JudgeServerError(f"{ep.name}{MODELS_PATH} lists no model", hint=_START)
         return names
 
     def _pick_model(self, ep: _Endpoint, names: list[str]) -> str:
@@ -275,7 +276,7 @@ class ServerJudge:
         """One real S request on the probe image: it must come back with a usable first-token distribution."""
         body = chat_body(self.model, consistency_question(PROBE_PROMPT), url, 1, S_SAMPLING, self.top_logprobs)
         try:
-            answer = await self._call(session, "POST", _CHAT, body, eps=[ep])
+            answer = await self._call(session, "POST", CHAT_PATH, body, eps=[ep])
         except _PairFailed as err:
             if "logprobs_mode" in str(err):
                 raise JudgeServerError(
@@ -322,10 +323,10 @@ class ServerJudge:
                 url = await asyncio.to_thread(data_url, image)
             except Exception as err:
                 return JudgeResult(None, None, "", False, error=one_line(f"cannot encode the image: {err}")), None
-            calls = [self._call(session, "POST", _CHAT, self._s_body(prompt, url))]
+            calls = [self._call(session, "POST", CHAT_PATH, self._s_body(prompt, url))]
             if self.reason_tokens > 0:
                 reason = chat_body(self.model, reason_question(prompt), url, self.reason_tokens, REASON_SAMPLING)
-                calls.append(self._call(session, "POST", _CHAT, reason))
+                calls.append(self._call(session, "POST", CHAT_PATH, reason))
             try:
                 bodies = await _gather_or_cancel(calls)
             except _PairFailed as err:

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-MAX_TOP_LOGPROBS = 20
+from janus_data.judge.scoring import MAX_TOP_LOGPROBS
+
+CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
 MAX_N = 128
 DEFAULT_MAX_NEW_TOKENS = 256  # LMDeploy fills the session; a stand-in bounds an unset length instead
 

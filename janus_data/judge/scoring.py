@@ -6,6 +6,7 @@ import math
 
 YES_WORDS = ("yes", "Yes", "YES")
 NO_WORDS = ("no", "No", "NO")
+MAX_TOP_LOGPROBS = 20  # first-token candidates an OpenAI-style server (LMDeploy too) returns at most
 # Byte-level BPE (Qwen2, InternLM2 via GPT-2 style) writes a leading space as 'Ġ'; SentencePiece as '▁'.
 _SPACE_MARKERS = "Ġ▁"
 

@@ -17,6 +17,7 @@ Engine = Literal["turbomind", "pytorch"]
 LogprobsMode = Literal["raw_logprobs", "raw_logits"]
 ENGINES = ("turbomind", "pytorch")
 LOGPROBS_MODES = ("raw_logprobs", "raw_logits")
+API_KEY_ENV = "JANUS_JUDGE_API_KEY"  # environment variable of the judge servers' key: server and client read the same
 
 
 def check_serve_options(engine: str, logprobs_mode: str | None) -> None:
@@ -42,7 +43,7 @@ def start_judge_server(
     device: str = "auto",
     max_batch: int = 16,
     max_tiles: int = 12,
-    api_key_env: str = "JANUS_JUDGE_API_KEY",
+    api_key_env: str = API_KEY_ENV,
     trust_remote_code: bool = False,
 ) -> JudgeServer:
     """Load the InternVL judge and bind its server (call `serve_forever` on it); the key is read from `api_key_env`."""

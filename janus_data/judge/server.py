@@ -38,7 +38,9 @@ import torch
 from janus_data.errors import one_line
 from janus_data.judge.engines import Sampling, merge_sampling, pytorch_step, turbomind_step
 from janus_data.judge.protocol import (
+    CHAT_PATH,
     DEFAULT_MAX_NEW_TOKENS,
+    MODELS_PATH,
     ApiError,
     ChatRequest,
     chat_response,
@@ -129,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/health":
             self._send(200, {"status": "healthy"})
-        elif self.path == "/v1/models":
+        elif self.path == MODELS_PATH:
             self._send(200, models_body([self.judge_server.model_name]))
         else:
             self._send(404, {"detail": "Not Found"})
@@ -144,7 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._fail(ApiError(413, f"Content-Length must be in [0, {MAX_BODY_BYTES}]"))
             return
         raw = self.rfile.read(length)  # read before answering, so the connection stays usable
-        if self.path != "/v1/chat/completions":
+        if self.path != CHAT_PATH:
             self._send(404, {"detail": "Not Found"})
             return
         if not self._authorized():

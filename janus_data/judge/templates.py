@@ -16,7 +16,7 @@ _IMAGE_LEAD = f"{IMAGE_TAG}\n"
 
 
 def consistency_question(prompt: str) -> str:
-    """The yes/no question whose first answer token gives S (PAPER.md, Data pipeline)."""
+    """The yes/no question whose first answer token gives S (docs/paper.md, 'The judge and S')."""
     return f'{IMAGE_TAG}\n Does this image match the description "{prompt}", please directly respond with yes or no.'
 
 

@@ -28,6 +28,7 @@ from transformers import (
     Qwen2Tokenizer,
 )
 
+from janus_data.judge.scoring import NO_WORDS, YES_WORDS
 from janus_data.tiny.tokenizer import BASE_CORPUS, train_tokenizer
 
 # InternVL's special tokens (Qwen2 LLM variants), spelled exactly.
@@ -54,7 +55,7 @@ SPECIAL_TOKENS = [
     "</box>",
 ]
 # The judge reads these as whole tokens, with and without a leading space.
-YES_NO = ("yes", "Yes", "YES", "no", "No", "NO")
+YES_NO = (*YES_WORDS, *NO_WORDS)
 
 IMAGE_SIZE = 448
 PATCH_SIZE = 14
@@ -194,7 +195,7 @@ def build_tiny_internvl(out_dir: str | Path, seed: int = 0) -> Path:
             for w in words
             for t in (*tokenizer.tokenize(w), *tokenizer.tokenize(f" {w}"))
         ]
-        for words in (YES_NO[:3], YES_NO[3:])
+        for words in (YES_WORDS, NO_WORDS)
     )
     wire_answer_channel(model, yes_ids, no_ids)
     gen = model.generation_config

@@ -15,16 +15,8 @@ from transformers import (
     LlamaConfig,
 )
 
+from janus_data.janus_format import BOI, BOS, EOI, EOS, IMAGE_TOKEN, PAD, SPECIAL_TOKENS
 from janus_data.tiny.tokenizer import train_tokenizer
-
-# The special tokens of deepseek-ai/Janus-Pro-7B's tokenizer, spelled exactly.
-BOS = "<｜begin▁of▁sentence｜>"
-EOS = "<｜end▁of▁sentence｜>"
-PAD = "<｜▁pad▁｜>"
-IMAGE_TOKEN = "<image_placeholder>"
-BOI = "<begin_of_image>"
-EOI = "<end_of_image>"
-SPECIAL_TOKENS = [BOS, EOS, PAD, IMAGE_TOKEN, BOI, EOI]
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 16

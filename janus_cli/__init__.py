@@ -1,0 +1,1 @@
+"""The `janus` command groups, a module each; `cli.py` assembles them into one app."""

@@ -1,0 +1,1 @@
+"""Using and measuring checkpoints: `janus generate`, `janus eval geneval`, `janus eval judge` (docs/evaluation.md)."""
