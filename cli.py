@@ -4,7 +4,7 @@ Command groups with a module of their own live in `janus_cli/` (`train`), with w
 command shares (`janus_cli.common`: option aliases, one-line errors, printing).
 
 Before a command calls the library it imports only typer, rich and the light janus modules; the
-library checks the inputs first (`janus_train.stages`), then imports torch, polars and the model
+library checks the inputs first (`janus_run.stages`), then imports torch, polars and the model
 libraries, so a bad flag, file or config fails in about the time `janus --help` takes.
 """
 
@@ -41,7 +41,7 @@ from janus_cli.generate import generate
 from janus_cli.train import train_app
 from janus_data.judge.serve import API_KEY_ENV
 from janus_data.progress import console, quiet_libraries
-from janus_train.stages import STAGES
+from janus_run.stages import STAGES
 
 app = typer.Typer(
     name="janus",
@@ -87,7 +87,7 @@ def synth(
     quiet_libraries()
     from janus_data.config import load_config
     from janus_data.dist import resolve_shard
-    from janus_train import stages
+    from janus_run import stages
 
     flags = {"images_per_prompt": images_per_prompt, "flux_share": flux_share, "image_size": image_size}
     cfg = load_config(config, section("synth", **flags, image_format=image_format, seed=seed))
@@ -125,7 +125,7 @@ def score(
     quiet_libraries()
     from janus_data.dist import resolve_shard
     from janus_data.rundir import load_run_config
-    from janus_train import stages
+    from janus_run import stages
 
     flags = {"backend": backend, "model": model, "batch_size": batch_size, "concurrency": concurrency}
     flags |= {"reason_tokens": reason_tokens, "retry_errors": retry_errors}
@@ -150,7 +150,7 @@ def filter_(
     """
     quiet_libraries()
     from janus_data.rundir import load_run_config
-    from janus_train import stages
+    from janus_run import stages
 
     cfg = load_run_config(run, config, section("filter", threshold=threshold, seed=seed))
     show_stage("filter", stages.filter_(run, cfg, progress=bars(progress)))
@@ -214,7 +214,7 @@ def serve_judge(
 @models_app.command("tiny")
 @user_errors
 def models_tiny(
-    name: Annotated[str, typer.Argument(help="janus, flux or internvl.")],
+    name: Annotated[str, typer.Argument(help="janus, flux, kontext, internvl, mask2former or clip.")],
     out: Annotated[Path | None, typer.Option(help="Directory to save to [default: the tiny-model cache].")] = None,
     seed: Annotated[int, typer.Option(help="Weight seed.")] = 0,
 ) -> None:
@@ -249,15 +249,15 @@ def chain(
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")] = True,
     progress: ProgressOpt = True,
 ) -> None:
-    """Run synth -> score -> filter -> sft -> rl from one config; stages already complete are skipped.
+    """Run synth -> score -> filter -> sft -> rl -> eval from one config; stages already complete are skipped.
 
     Kill it at any moment and run the same command again: it goes on where it stopped.
     Example: janus run --config my_run.yaml --run runs/r1 --prompts prompts.jsonl --to filter
     """
     quiet_libraries()
     from janus_data.config import load_config
-    from janus_train.pipeline import run_chain
-    from janus_train.summary import outputs_table
+    from janus_run.pipeline import run_chain
+    from janus_run.summary import outputs_table
 
     cfg = load_config(config)
     result = run_chain(cfg, config, run, prompts, start, stop, report, bars(progress), on_stage=show_outcome)
@@ -276,7 +276,7 @@ def data_report(
     Example: janus data report --run runs/demo   (then open runs/demo/report/index.html)
     """
     quiet_libraries()
-    from janus_train import stages
+    from janus_run import stages
 
     show_stage("report", stages.report(run, out, prompts_shown=prompts_shown))
 
@@ -294,8 +294,8 @@ def demo(
     """
     quiet_libraries()
     from janus_data.config import demo_prompts_path
-    from janus_train.demo import NOTE, run_demo
-    from janus_train.summary import outputs_table
+    from janus_run.demo import NOTE, run_demo
+    from janus_run.summary import outputs_table
 
     prompts = demo_prompts_path()
     console.print(f"[bold]janus demo[/]: {NOTE}.")

@@ -73,14 +73,14 @@ def show(*parts: Any) -> None:
 
 def show_stage(stage: str, result: Any) -> None:
     """A stage's headline and tables (process 0 only for the trainers)."""
-    from janus_train.summary import stage_summary
+    from janus_run.summary import stage_summary
 
     show(*stage_summary(stage, result))
 
 
 def show_outcome(outcome: Any) -> None:
     """As `janus run` finishes a stage: its summary, or that it was already complete."""
-    from janus_train.summary import outcome_summary
+    from janus_run.summary import outcome_summary
 
     show(*outcome_summary(outcome))
 

@@ -64,7 +64,7 @@ def train_sft(
     """
     quiet_libraries()
     from janus_data.rundir import load_run_config
-    from janus_train import stages
+    from janus_run import stages
 
     cfg = load_run_config(run, config, {})
     if restart:
@@ -102,7 +102,7 @@ def train_rl(
     """
     quiet_libraries()
     from janus_data.rundir import load_run_config
-    from janus_train import stages
+    from janus_run import stages
 
     overrides = section("score", backend="lmdeploy", endpoints=list(endpoint)) if endpoint else {}
     cfg = load_run_config(run, config, overrides)

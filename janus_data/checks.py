@@ -1,6 +1,6 @@
 """Checks of a stage's inputs that need neither torch nor polars, so a bad path fails in milliseconds.
 
-`janus_train.stages` runs them before it imports a stage (and with it torch, polars and the model
+`janus_run.stages` runs them before it imports a stage (and with it torch, polars and the model
 libraries); the stages run the same checks themselves, for library callers.
 """
 

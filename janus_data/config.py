@@ -2,7 +2,7 @@
 
 A preset is a YAML serialisation of `JanusRunConfig`; unknown keys are errors, and every
 cross-field check lives in `validate`. The sections live in `config_stages` (data stages),
-`config_train` (trainers) and `config_eval` (evaluation), the YAML plumbing in `config_load`, the checks in `config_validate`;
+`config_train` (trainers), `config_eval` (evaluation) and `config_edit` (image editing), the YAML plumbing in `config_load`, the checks in `config_validate`;
 import them all from here.
 """
 
@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from janus_data.config_edit import EditConfig, KontextGenConfig
 from janus_data.config_eval import EVAL_CHECKPOINTS, EvalConfig
 from janus_data.config_load import (
     DEMO_PROMPTS,
+    GENEVAL_DEMO,
     PRESET_DIR,
     deep_merge,
     demo_prompts_path,
@@ -52,6 +54,7 @@ class JanusRunConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
 
 
 def load_config(source: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JanusRunConfig:
@@ -83,12 +86,15 @@ __all__ = [
     "DEMO_PROMPTS",
     "EVAL_CHECKPOINTS",
     "GENERATORS",
+    "GENEVAL_DEMO",
     "PRESET_DIR",
+    "EditConfig",
     "EvalConfig",
     "FilterConfig",
     "FluxGenConfig",
     "JanusGenConfig",
     "JanusRunConfig",
+    "KontextGenConfig",
     "PipelineConfig",
     "RLConfig",
     "RuntimeConfig",

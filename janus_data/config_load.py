@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 # Shipped as package data, read through importlib.resources: an installed wheel has no checkout to look in.
 PRESET_DIR = resources.files("janus_data") / "presets"
-DEMO_PROMPTS = resources.files("janus_data") / "assets" / "demo_prompts.jsonl"
+ASSETS = resources.files("janus_data") / "assets"
+DEMO_PROMPTS = ASSETS / "demo_prompts.jsonl"  # what `janus demo` draws and trains on
+GENEVAL_DEMO = ASSETS / "geneval_demo.jsonl"  # our own GenEval-format prompts: the demo's evaluation
 
 
 T = TypeVar("T")
@@ -119,14 +121,14 @@ def preset_names() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in PRESET_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
-def demo_prompts_path() -> Path:
-    """The prompt file `janus demo` runs on, shipped in the package, as a path on disk."""
-    if not isinstance(DEMO_PROMPTS, Path):  # e.g. imported from a zip archive: no file to hand to readers
+def demo_prompts_path(asset: Path | Traversable = DEMO_PROMPTS) -> Path:
+    """A prompt file shipped in the package (default: the demo's prompts), as a path on disk."""
+    if not isinstance(asset, Path):  # e.g. imported from a zip archive: no file to hand to readers
         raise ConfigError(
-            f"the bundled demo prompts are not a file on disk ({DEMO_PROMPTS})",
+            f"the bundled prompt file is not a file on disk ({asset})",
             hint="install janus-r1 as a directory (pip install), not as a zip archive",
         )
-    return DEMO_PROMPTS
+    return asset
 
 
 def resolve_presets(path: Path | Traversable, seen: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -56,6 +56,10 @@ class JanusGenConfig:
     """'fast': static KV cache, no host syncs, CUDA graph on a GPU; 'reference': the plain loop (same tokens)."""
     cuda_graph: bool = True
     """On CUDA, capture the fast loop's decode step once per batch shape and replay it."""
+    decoder: Literal["auto", "fused", "modules"] = "auto"
+    """'auto': the fused decoder (one QKV and one gate/up GEMM per layer) on CUDA where the layers allow it, transformers' layers elsewhere; 'fused': always (an error for unsupported layers); 'modules': transformers' decoder layers."""
+    compile: bool = False
+    """torch.compile the fused decoder's per-layer regions for the decode steps; the first batch of each size pays the compile."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,14 @@ class FluxGenConfig:
     """T5 prompt length."""
     batch_size: int = 4
     """Images per pipeline call."""
+    fuse_qkv: bool = False
+    """Fuse each attention's q, k, v projections into one GEMM (diffusers' fuse_qkv_projections)."""
+    compile: bool = False
+    """torch.compile the transformer's repeated blocks (the first call at a new size pays the compile)."""
+    channels_last_vae: bool = False
+    """Run the VAE's convolutions in channels-last layout."""
+    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
+    """PyTorch attention kernel to force ('auto': PyTorch chooses)."""
 
 
 @dataclass(frozen=True)

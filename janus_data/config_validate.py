@@ -34,6 +34,10 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("synth.janus.temperature must be >= 0 (0 = greedy)")
     if not 0.0 < s.janus.top_p <= 1.0:
         raise ConfigError(f"synth.janus.top_p must lie in (0, 1], got {s.janus.top_p}")
+    if s.janus.compile and s.janus.decoder == "modules":
+        raise ConfigError(
+            "synth.janus.compile needs the fused decoder", hint="set synth.janus.decoder to auto or fused"
+        )
     if s.janus.top_k < 0:
         raise ConfigError("synth.janus.top_k must be >= 0 (0 = off)")
     if s.flux.height % 16 or s.flux.width % 16:
@@ -114,6 +118,16 @@ def validate(cfg: JanusRunConfig) -> None:
             hint="the released code: warmup_steps 5, convert_step 30, convert_lr_ratio 1/3",
         )
     _validate_eval(cfg)
+    d = cfg.edit
+    if d.reward_flw < 0 or d.reward_psv < 0 or d.reward_flw + d.reward_psv <= 0:
+        raise ConfigError(
+            "edit.reward_flw and reward_psv must be >= 0 with a positive sum", hint="the paper: 1.0 and 0.25"
+        )
+    k = d.kontext
+    if min(k.num_inference_steps, k.max_sequence_length, k.batch_size) < 1 or k.max_area < 256:
+        raise ConfigError(
+            "edit.kontext.num_inference_steps, max_sequence_length and batch_size must be >= 1, max_area >= 256"
+        )
 
 
 def check_rl_logps(r: RLConfig) -> None:

@@ -29,7 +29,9 @@ TINY_VERSION = "v3"
 
 
 # Each builder is imported only when its model is built (the FLUX one needs diffusers).
-TINY_MODELS = ("janus", "flux", "internvl")
+# mask2former and clip are GenEval's detector and colour classifier (janus_eval.detect); kontext is
+# the tiny FLUX under FluxKontextPipeline, the diffusion editor of image edits.
+TINY_MODELS = ("janus", "flux", "internvl", "mask2former", "clip", "kontext")
 
 
 def tiny_builder(name: str) -> Callable[..., Path]:

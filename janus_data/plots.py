@@ -229,6 +229,38 @@ def bar_plot(
     return _svg(width, height, title, body)
 
 
+def category_bars(
+    groups: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    title: str,
+    ylabel: str,
+    ylim: tuple[float, float] = (0.0, 1.0),
+    width: int = 520,
+    height: int = 280,
+) -> str:
+    """Grouped bars: one group per category (e.g. a checkpoint), one bar per named series; None draws no bar."""
+    if not groups or not any(v is not None for vs in series.values() for v in vs):
+        return _no_data(width, height, title)
+    f = _Frame(width, height, 0.0, float(len(groups)), *ylim)
+    body = _axes(f, title, "", ylabel, None)
+    n = len(series)
+    for g, name in enumerate(groups):
+        body.append(_text(f.px(g + 0.5), f.bottom + 16, name))
+        x0, x1 = f.px(g + 0.15), f.px(g + 0.85)
+        for i, (label, values) in enumerate(series.items()):
+            v = values[g]
+            if v is None or not math.isfinite(v):
+                continue
+            w = (x1 - x0) / n
+            y = f.py(min(max(v, ylim[0]), ylim[1]))
+            body.append(
+                f'<rect x="{x0 + i * w:.1f}" y="{y:.1f}" width="{max(w - 2, 1):.1f}" height="{f.bottom - y:.1f}" '
+                f'fill="{colour(label, i)}"><title>{escape(name)} · {escape(label)}: {v:.3g}</title></rect>'
+            )
+    body += _legend(f, list(series))
+    return _svg(width, height, title, body)
+
+
 def histogram(values: Sequence[float], edges: Sequence[float]) -> list[int]:
     """Counts per bin [edges[i], edges[i+1]); values outside fall into the first or last bin."""
     counts = [0] * (len(edges) - 1)

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.table import Table
 
 from janus_data.report_data import RunData, load_run
+from janus_data.report_eval import evaluation
 from janus_data.report_html import CSS, NOT_RUN, Assets, esc
 from janus_data.report_sections import LOSSES, RL_PLOTS, RL_SUMMARY, SFT_PLOTS, curves, overview, samples, scores, tasks
 
@@ -31,6 +32,8 @@ SECTIONS = {
     "sft": ("SFT", "SFT"),
     "rl": ("GRPO", "GRPO"),
 }
+# Written only when the run has evaluation results (`janus eval geneval|judge`), after the others.
+HEADINGS = SECTIONS | {"eval": ("Evaluation", "evaluation")}
 
 
 @dataclass
@@ -44,8 +47,8 @@ class ReportResult:
 
 
 def render(d: RunData, bodies: dict[str, str], notes: list[str]) -> str:
-    nav = "".join(f'<a href="#{s}">{SECTIONS[s][0]}</a>' for s in bodies)
-    sections = "".join(f'<section id="{s}"><h2>{SECTIONS[s][0]}</h2>{body}</section>' for s, body in bodies.items())
+    nav = "".join(f'<a href="#{s}">{HEADINGS[s][0]}</a>' for s in bodies)
+    sections = "".join(f'<section id="{s}"><h2>{HEADINGS[s][0]}</h2>{body}</section>' for s, body in bodies.items())
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     note = f'<p class="sub">{esc(" · ".join(notes))}</p>' if notes else ""
     return (
@@ -91,6 +94,8 @@ def build_report(run_dir: Path, out_dir: Path | None = None, prompts_shown: int 
             "sft": curves(data, assets, "sft", "train sft", SFT_PLOTS, LOSSES),
             "rl": curves(data, assets, "rl", "train rl", RL_PLOTS, RL_SUMMARY),
         }
+        if (body := evaluation(run_dir, assets, prompts_shown, notes)) is not None:
+            bodies["eval"] = body
         notes[:0] = [f"{SECTIONS[s][1]}: {NOT_RUN}" for s in SECTIONS if 'class="notrun"' in bodies[s]]
         (tmp / "index.html").write_text(render(data, bodies, notes), encoding="utf-8")
         _swap(tmp, out)
@@ -106,7 +111,7 @@ def report_table(result: ReportResult) -> Table:
     t.add_column("section")
     t.add_column("status")
     for s in result.sections:
-        t.add_row(SECTIONS[s][0], NOT_RUN if f"{SECTIONS[s][1]}: {NOT_RUN}" in result.notes else "ok")
+        t.add_row(HEADINGS[s][0], NOT_RUN if f"{HEADINGS[s][1]}: {NOT_RUN}" in result.notes else "ok")
     t.caption = f"{len(result.assets)} assets · open {result.path}"
     t.caption_justify = "left"
     return t

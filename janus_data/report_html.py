@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 NOT_RUN = "not run yet"
-NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+%?$|^-$")
+NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+(%| pt)?$|^-$")  # " pt": percentage points
 
 
 def esc(value: object) -> str:
@@ -101,4 +101,11 @@ figcaption{font-size:13px}
 .reason{display:block;margin-top:4px;color:var(--muted);font-style:italic;overflow-wrap:anywhere}
 .strip img{image-rendering:pixelated;max-width:100%;height:auto}
 details summary{cursor:pointer;color:var(--accent);font-size:13px}
+h4{font-size:13px;font-weight:600;margin:14px 0 6px}
+.evalcards{display:grid;gap:14px}
+.evalrow{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin:6px 0}
+.evallabel{width:84px;font-weight:600;font-size:13px;padding-top:4px;overflow-wrap:anywhere}
+.evalrow figure{margin:0;width:112px}
+.evalrow img{display:block;image-rendering:pixelated;border:1px solid var(--line);border-radius:4px}
+.evalrow figcaption{font-size:12px;color:var(--muted)}
 """

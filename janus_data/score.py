@@ -15,10 +15,11 @@ line; finished parts stay.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,14 +133,14 @@ def error_rows(run_dir: Path, rank: int, mine: set[str]) -> dict[Path, set[str]]
     return found
 
 
-def drop_rows(parts: dict[Path, set[str]]) -> None:
-    """Rewrite each part without the given image ids (atomically); a part left empty is removed.
+def drop_rows(parts: dict[Path, set[str]], key: str = "image_id") -> None:
+    """Rewrite each part without the rows whose `key` is in the given ids (atomically); a part left empty is removed.
 
     Dropped before the images are judged again: a kill in between leaves them without a row,
     which the next run's anti-join picks up, never with two rows.
     """
     for part, ids in parts.items():
-        kept = pl.read_parquet(part).filter(~pl.col("image_id").is_in(list(ids)))
+        kept = pl.read_parquet(part).filter(~pl.col(key).is_in(list(ids)))
         if kept.height:
             write_parquet_atomic(kept, part)
         else:
@@ -154,6 +155,11 @@ def load_image(run_dir: Path, row: dict) -> LoadedImage:
         return LoadedImage(None, f"unreadable: {one_line(err)}")
     if row["sha256"] and hashlib.sha256(data).hexdigest() != row["sha256"]:
         return LoadedImage(None, "corrupt: bytes do not match the manifest's sha256")
+    return decoded(data)
+
+
+def decoded(data: bytes) -> LoadedImage:
+    """The image's bytes if they decode, else why not; never raises for a bad image."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -171,6 +177,47 @@ def batches(todo: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
         yield todo.slice(start, size)
 
 
+def prefetched(
+    chunks: list[pl.DataFrame], load: Callable[[pl.DataFrame], list[LoadedImage]]
+) -> Iterator[tuple[pl.DataFrame, list[LoadedImage]]]:
+    """Each chunk with its loaded images; the next chunk is read in a background thread while the caller judges."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-io") as io_pool:
+        pending: Future | None = io_pool.submit(load, chunks[0]) if chunks else None
+        for n, chunk in enumerate(chunks):
+            loaded = pending.result()
+            if n + 1 < len(chunks):
+                pending = io_pool.submit(load, chunks[n + 1])
+            yield chunk, loaded
+
+
+def judge_readable(
+    judge: Judge, prompts: list[str], loaded: list[LoadedImage], kept: str
+) -> tuple[dict[int, JudgeResult], float]:
+    """Judge the batch's readable images: {index in batch: result} and the judge's seconds.
+
+    A judge that fails the whole batch (JanusError: unreachable, every request refused) stops the
+    stage; its hint gains `kept` (what is already scored) and how to resume.
+    """
+    ok = [i for i, item in enumerate(loaded) if item.data is not None]
+    t0 = time.perf_counter()
+    try:
+        results = judge.score([prompts[i] for i in ok], [loaded[i].data for i in ok]) if ok else []
+    except JanusError as err:
+        err.hint = f"{err.hint}; {kept}: rerun the same command to resume" if err.hint else kept
+        raise
+    return dict(zip(ok, results, strict=True)), time.perf_counter() - t0
+
+
+def result_status(result: JudgeResult) -> str:
+    """'error' (refused or unreadable, no S), 'flagged' (no yes/no token, no S) or 'ok'."""
+    return "error" if result.error else ("flagged" if result.flagged else "ok")
+
+
+def part_path(root: Path, ids: Iterable[str]) -> Path:
+    """A batch's part file, named after its row ids so a rerun of the same batch cannot double it."""
+    return root / f"part-{hashlib.sha1('|'.join(ids).encode()).hexdigest()[:16]}.parquet"
+
+
 def score_rows(
     batch: pl.DataFrame,
     loaded: list[LoadedImage],
@@ -186,8 +233,7 @@ def score_rows(
         result = judged.get(i)
         if result is None:
             result = JudgeResult(None, None, "", False, error=item.error)
-        error = result.error
-        status = "error" if error else ("flagged" if result.flagged else "ok")
+        error, status = result.error, result_status(result)
         rows["image_id"].append(img["image_id"])
         rows["prompt_id"].append(img["prompt_id"])
         rows["generator"].append(img["generator"])
@@ -204,8 +250,7 @@ def score_rows(
 
 def write_scores(run_dir: Path, df: pl.DataFrame, rank: int) -> Path:
     """One batch's part, named after its images so a rerun of the same batch cannot double it."""
-    part = "part-" + hashlib.sha1("|".join(df["image_id"]).encode()).hexdigest()[:16]
-    return write_parquet_atomic(df, manifest_dir(run_dir, SCORES_KIND) / rank_dir(rank) / f"{part}.parquet")
+    return write_parquet_atomic(df, part_path(manifest_dir(run_dir, SCORES_KIND) / rank_dir(rank), df["image_id"]))
 
 
 def score_stats(run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -278,29 +323,16 @@ def _score_batches(
 ) -> None:
     """Judge `todo` batch by batch, reading the next batch's bytes while the judge works."""
     chunks = list(batches(todo, cfg.score.batch_size))
-    with stage_progress(progress) as bars, ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-io") as io_pool:
+    with stage_progress(progress) as bars:
         task = bars.add_task("score", total=todo.height, unit="img")
-        pending: Future = io_pool.submit(load_batch, run_dir, chunks[0])
-        for n, batch in enumerate(chunks):
-            loaded = pending.result()
-            if n + 1 < len(chunks):
-                pending = io_pool.submit(load_batch, run_dir, chunks[n + 1])
-            ok = [i for i, item in enumerate(loaded) if item.data is not None]
-            prompts = batch["prompt"].to_list()
-            t0 = time.perf_counter()
-            try:
-                results = judge.score([prompts[i] for i in ok], [loaded[i].data for i in ok]) if ok else []
-            except JanusError as err:
-                done = result.existing + result.written
-                kept = f"{done:,} of {result.planned:,} images of this rank are scored and kept"
-                err.hint = f"{err.hint}; {kept}: rerun the same command to resume" if err.hint else kept
-                raise
-            dt = time.perf_counter() - t0
-            judged = dict(zip(ok, results, strict=True))
+        for batch, loaded in prefetched(chunks, functools.partial(load_batch, run_dir)):
+            done = result.existing + result.written
+            kept = f"{done:,} of {result.planned:,} images of this rank are scored and kept"
+            judged, dt = judge_readable(judge, batch["prompt"].to_list(), loaded, kept)
             df = score_rows(batch, loaded, judged, result.judge or "", dt, shard.rank)
             write_scores(run_dir, df, shard.rank)
             result.written += df.height
-            result.judged += len(ok)
+            result.judged += len(judged)
             result.errors += int((df["status"] == "error").sum())
             result.flagged += int((df["status"] == "flagged").sum())
             result.judge_seconds += dt

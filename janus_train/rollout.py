@@ -18,6 +18,9 @@ One rollout of a prompt, in the released code's sequence formats (`sequences.py`
    inference see it, quantized by the policy's own VQ (`janus_data.vq.VQEncoder.from_module`);
    'sampled' = the sampled codes themselves. `Rollouts.context1` keeps them for the update.
 
+The steps themselves are `ChainSteps`, which `janus generate --introspect` (janus_eval.chain) runs
+too, greedily at text temperature 0 and for more than one regeneration.
+
 Every random draw is counter-based on a per-rollout seed, so a rollout depends only on its
 seed and the weights, never on its batch. Behaviour log-probs are those of the distributions
 sampled from: CFG logits after top-k / temperature / top-p for image tokens (`sampling.py`), the
@@ -104,8 +107,14 @@ def stage_seeds(seeds: list[int], stage: int) -> torch.Tensor:
     return torch.tensor([(s * 0x9E3779B97F4A7C15 + stage * 0xBF58476D1CE4E5B9) & mask for s in seeds])
 
 
-class RolloutEngine:
-    """Runs batches of introspective rollouts with a (policy) Janus model."""
+class ChainSteps:
+    """The steps of the introspective chain with one Janus model, shared by GRPO's rollouts and
+    `janus generate --introspect` (janus_eval.chain): the CFG prefixes of Tasks I and III, image
+    tokens drawn for them, their decode, the regeneration context, and the model's own evaluation.
+
+    `stage` numbers a counter stream of the row's seed (`stage_seeds`), so every draw depends only
+    on its row's seed and stage, never on the batch. A text temperature of 0 evaluates greedily.
+    """
 
     def __init__(
         self,
@@ -115,8 +124,8 @@ class RolloutEngine:
         params: RolloutParams,
         loop: ImageTokenLoop | None = None,
     ):
-        if params.image.temperature <= 0 or params.text_temperature <= 0:
-            raise ValueError("GRPO rollouts sample: image and text temperatures must be > 0")
+        if params.text_temperature < 0:
+            raise ValueError("the text temperature must be >= 0 (0 = greedy)")
         self.model = model
         self.builder = builder
         self.image_processor = image_processor
@@ -128,63 +137,51 @@ class RolloutEngine:
         # The policy's own VQ, shared: the rollout copy (bf16 on CUDA) encodes with its weights.
         self.vq = VQEncoder.from_module(model.model.vqmodel, model.config.vq_config, model_id="policy")
 
-    @torch.no_grad()
-    def run(self, prompts: list[str], seeds: list[int]) -> Rollouts:
-        b = len(prompts)
-        n = self.num_image_tokens
-        tok1, lp1 = self._images([self.builder.t2i(p, drop=d) for d in (False, True) for p in prompts], seeds, 1)
-        pixels1 = decode_image_tokens(self.model, tok1).cpu().numpy()
-        pil1 = [Image.fromarray(a) for a in pixels1]
-        judge_ids, judge_logp, said_yes = self._evaluate(prompts, pil1, seeds)
-        tok2 = torch.zeros(b, n, dtype=torch.long, device=self.device)
-        lp2 = torch.zeros(b, n, dtype=torch.float32, device=self.device)
-        pixels2 = np.zeros_like(pixels1)
-        redo = [i for i in range(b) if not said_yes[i]]
-        context1 = torch.zeros_like(tok1)
-        if redo:
-            context1[redo] = self._context(tok1[redo], pixels1[redo])
-            prefixes = [
-                self.builder.regen(
-                    prompts[i], context1[i].cpu().numpy(), closed(judge_ids[i], self.builder.eos_id), drop=d
-                )
-                for d in (False, True)
-                for i in redo
-            ]
-            t2, l2 = self._images(prefixes, [seeds[i] for i in redo], 3)
-            tok2[redo], lp2[redo] = t2, l2
-            pixels2[redo] = decode_image_tokens(self.model, t2).cpu().numpy()
-        return Rollouts(
-            prompts=list(prompts),
-            seeds=list(seeds),
-            image1=tok1.clone(),
-            image1_logp=lp1.clone(),
-            said_yes=torch.tensor(said_yes),
-            judge_ids=judge_ids,
-            judge_logp=judge_logp,
-            image2=tok2.clone(),
-            image2_logp=lp2.clone(),
-            pixels1=pixels1,
-            pixels2=pixels2,
-            context1=context1,
-        )
+    def t2i_prefixes(self, prompts: list[str]) -> list:
+        """Task-I prefixes: B conditional, then their B unconditional twins (the turn padded)."""
+        return [self.builder.t2i(p, drop=d) for d in (False, True) for p in prompts]
 
-    def _context(self, codes: torch.Tensor, pixels: np.ndarray) -> torch.Tensor:
+    def regen_prefixes(self, prompts: list[str], contexts: torch.Tensor, evaluations: list[list[int]]) -> list:
+        """Task-III prefixes for R rows: (R, N) image-1 codes and each row's evaluation ids (closed by
+        <EOS> here) -> R conditional, then R unconditional twins (the first turn padded, as in SFT)."""
+        eos = self.builder.eos_id
+        return [
+            self.builder.regen(p, contexts[i].cpu().numpy(), closed(evaluations[i], eos), drop=d)
+            for d in (False, True)
+            for i, p in enumerate(prompts)
+        ]
+
+    def decode(self, tokens: torch.Tensor) -> np.ndarray:
+        """(B, N) image tokens -> (B, H, W, 3) uint8 pixels."""
+        return decode_image_tokens(self.model, tokens).cpu().numpy()
+
+    def context(self, codes: torch.Tensor, pixels: np.ndarray) -> torch.Tensor:
         """Image-1 codes of the regeneration prefix: (R, N) codes, (R, H, W, 3) their decode -> (R, N)."""
         if self.params.regen_context == "sampled":
             return codes
         reencoded = self.vq.encode([Image.fromarray(a) for a in pixels])
         return torch.from_numpy(reencoded).to(codes)
 
-    def _images(self, prefixes, seeds: list[int], stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def images(
+        self, prefixes, seeds: list[int], stage: int, want_logprobs: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """CFG image tokens for 2B prefixes (B conditional, then their B unconditional twins)."""
         batch = collate(prefixes, self.builder.pad_id, self.image_processor, left=True).to(self.device)
         embeds = batch_embeds(self.model, batch, self.image_processor)
         return self.loop(
-            embeds, batch.attention_mask, stage_seeds(seeds, stage), self.params.image, self.num_image_tokens, True
+            embeds,
+            batch.attention_mask,
+            stage_seeds(seeds, stage),
+            self.params.image,
+            self.num_image_tokens,
+            want_logprobs,
         )
 
-    def _evaluate(self, prompts: list[str], images: list[Image.Image], seeds: list[int]):
-        """Forced Yes/No + reason per row: (ids, behaviour log-probs, said_yes) lists."""
+    def evaluate(self, prompts: list[str], images: list[Image.Image], seeds: list[int], stage: int = 2):
+        """Forced Yes/No + reason per row: (ids, behaviour log-probs, said_yes) lists.
+
+        At text temperature 0 every token is the argmax (the answer: of the two words' first
+        tokens), and the log-probs are those of softmax(logits)."""
         from transformers import DynamicCache
 
         prefixes = [self.builder.judge(p, im, None) for p, im in zip(prompts, images, strict=True)]
@@ -196,7 +193,7 @@ class RolloutEngine:
         cache = DynamicCache(config=lm.config)
         cache_kw = cache_keyword(lm)
         rows = len(prompts)
-        stream = stage_seeds(seeds, 2).to(self.device)
+        stream = stage_seeds(seeds, stage).to(self.device)
         temp = self.params.text_temperature
         ids: list[list[int]] = [[] for _ in range(rows)]
         logps: list[list[float]] = [[] for _ in range(rows)]
@@ -211,11 +208,16 @@ class RolloutEngine:
             )
             if step == 0 and cache.get_seq_length() == 0:
                 raise cache_not_written("the language model", cache_kw)
-            scaled = self.model.lm_head(out.last_hidden_state[:, -1]).float() / temp
+            scaled = self.model.lm_head(out.last_hidden_state[:, -1]).float()
+            if temp > 0:
+                scaled = scaled / temp
             if step == 0:  # the forced answer: a two-way softmax over the words' first tokens
                 scaled = torch.full_like(scaled, float("-inf")).index_copy_(1, first, scaled[:, first])
-            gumbel = -torch.log(-torch.log(counter_uniform(stream, step, scaled.shape[-1])))
-            token = torch.argmax(scaled + gumbel, dim=-1)
+            if temp > 0:
+                gumbel = -torch.log(-torch.log(counter_uniform(stream, step, scaled.shape[-1])))
+                token = torch.argmax(scaled + gumbel, dim=-1)
+            else:
+                token = torch.argmax(scaled, dim=-1)
             logp = torch.log_softmax(scaled, dim=-1).gather(1, token[:, None]).squeeze(1)
             token, logp = token.tolist(), logp.tolist()
             for r in range(rows):
@@ -246,3 +248,53 @@ class RolloutEngine:
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions[:, -1:] + 1
         return ids, logps, said_yes
+
+
+class RolloutEngine(ChainSteps):
+    """Runs batches of introspective rollouts with a (policy) Janus model."""
+
+    def __init__(
+        self,
+        model,
+        builder: SequenceBuilder,
+        image_processor,
+        params: RolloutParams,
+        loop: ImageTokenLoop | None = None,
+    ):
+        if params.image.temperature <= 0 or params.text_temperature <= 0:
+            raise ValueError("GRPO rollouts sample: image and text temperatures must be > 0")
+        super().__init__(model, builder, image_processor, params, loop)
+
+    @torch.no_grad()
+    def run(self, prompts: list[str], seeds: list[int]) -> Rollouts:
+        b = len(prompts)
+        n = self.num_image_tokens
+        tok1, lp1 = self.images(self.t2i_prefixes(prompts), seeds, 1)
+        pixels1 = self.decode(tok1)
+        pil1 = [Image.fromarray(a) for a in pixels1]
+        judge_ids, judge_logp, said_yes = self.evaluate(prompts, pil1, seeds)
+        tok2 = torch.zeros(b, n, dtype=torch.long, device=self.device)
+        lp2 = torch.zeros(b, n, dtype=torch.float32, device=self.device)
+        pixels2 = np.zeros_like(pixels1)
+        redo = [i for i in range(b) if not said_yes[i]]
+        context1 = torch.zeros_like(tok1)
+        if redo:
+            context1[redo] = self.context(tok1[redo], pixels1[redo])
+            prefixes = self.regen_prefixes([prompts[i] for i in redo], context1[redo], [judge_ids[i] for i in redo])
+            t2, l2 = self.images(prefixes, [seeds[i] for i in redo], 3)
+            tok2[redo], lp2[redo] = t2, l2
+            pixels2[redo] = self.decode(t2)
+        return Rollouts(
+            prompts=list(prompts),
+            seeds=list(seeds),
+            image1=tok1.clone(),
+            image1_logp=lp1.clone(),
+            said_yes=torch.tensor(said_yes),
+            judge_ids=judge_ids,
+            judge_logp=judge_logp,
+            image2=tok2.clone(),
+            image2_logp=lp2.clone(),
+            pixels1=pixels1,
+            pixels2=pixels2,
+            context1=context1,
+        )

@@ -11,6 +11,10 @@ image's SigLIP + aligner features)):
 - Task III `regen`: <BOS><|User|>: {prompt}\\n\\n<|Assistant|>:<begin_of_image>[gen:N bad]<end_of_image>
                    \\nLet me think Does this image match the prompt...{evaluation}<EOS>
                    \\nNext, I will draw a new image<begin_of_image>[gen:N good target]<end_of_image>
+- edit `edit`:     <BOS><|User|>: <begin_of_image>[gen:N source]<end_of_image>{instruction} Please generate an image.
+                   \\n\\n<|Assistant|>:<begin_of_image>[gen:N edited target]<end_of_image>
+                   (the released editing code's; docs/edit.md. Its CFG twin / caption dropout pads the
+                   instruction's tokens only, always: `janus_data.generators.janus_edit.edit_prompt_ids`.)
 
 Losses (targets are stored already shifted: the label at position p is what the hidden
 state at p must predict, so no shift happens later):
@@ -48,6 +52,7 @@ from typing import Any, Literal
 import numpy as np
 
 from janus_data.generators.janus import generation_prompt
+from janus_data.generators.janus_edit import edit_prompt_ids
 from janus_data.janus_format import BOI, EOI, IMAGE_TOKEN, TASKS
 
 IGNORE = -100
@@ -316,6 +321,29 @@ class SequenceBuilder:
             seq.gen_image(self._codes(good_codes, "regen good image"), target=True)
             seq.text([self.eoi_id])
         return seq.build("regen", drop)
+
+    def edit(
+        self,
+        instruction: str,
+        source_codes,
+        edited_codes=None,
+        rng: random.Random | None = None,
+        *,
+        drop: bool | None = None,
+    ) -> Sample:
+        """Image editing: the source image (codes, context), the instruction, then the edited image (target,
+        loss on its N codes). Without edited codes: the prefix the generation loop continues."""
+        source = self._codes(source_codes, "edit source image")
+        drop = self._drop(rng, drop)
+        before, after = edit_prompt_ids(self.tokenizer, instruction, drop)
+        seq = _Seq(self.image_id)
+        seq.text(before)
+        seq.gen_image(source, target=False)
+        seq.text(after)
+        if edited_codes is not None:
+            seq.gen_image(self._codes(edited_codes, "edited image"), target=True)
+            seq.text([self.eoi_id])
+        return seq.build("edit", drop)
 
     def from_record(self, sample: dict[str, Any], rng: random.Random | None = None) -> Sample:
         """A decoded shard sample (`janus_data.wds.decode_sample`) -> its task's Sample."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -203,10 +204,36 @@ def test_demo_runs_end_to_end(tmp_path, janus_cache):
     assert (tmp_path / "demo" / "report" / "index.html").is_file()
     assert (tmp_path / "demo" / "checkpoints" / "rl" / "step-000004").is_dir()
     check_demo_samples(tmp_path / "demo")
+    check_demo_eval(tmp_path / "demo", tmp_path / "profile")
     again = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
     assert again.exit_code == 0
-    for stage in ("synth", "score", "filter", "sft", "rl"):
+    for stage in ("synth", "score", "filter", "sft", "rl", "eval"):
         assert f"skip {stage}" in again.stderr
+
+
+def check_demo_eval(run: Path, profile: Path) -> None:
+    """The eval stage measured base, SFT and GRPO (GenEval with the chain, and the judge); the report shows it."""
+    import polars as pl
+    from test_report import chromium_dump, console_lines
+
+    from janus_data.eval_results import GENEVAL_INTROSPECT, GENEVAL_SUMMARY, JUDGE_SUMMARY
+
+    for kind, file in (("geneval", GENEVAL_SUMMARY), ("judge", JUDGE_SUMMARY)):
+        for label in ("base", "sft", "rl"):
+            summary = pl.read_parquet(run / "eval" / kind / label / file)
+            assert set(summary["label"]) == {label} and summary["n_images"].min() >= 1, (kind, label)
+    tags = pl.read_parquet(run / "eval/geneval/rl" / GENEVAL_SUMMARY)["tag"].unique().to_list()
+    assert sorted(tags) == sorted(
+        ["single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"]
+    )
+    aha = pl.read_parquet(run / "eval/geneval/rl" / GENEVAL_INTROSPECT).row(0, named=True)
+    assert aha["n_evaluated"] >= 12 and 0 <= aha["regeneration_rate"] <= 1 and 0 <= aha["agreement"] <= 1
+    html = (run / "report" / "index.html").read_text()
+    assert 'id="eval"' in html
+    if shutil.which("chromium"):  # without it, tests/test_report_eval.py says it skipped the browser check
+        dom, stderr = chromium_dump(run / "report" / "index.html", profile)
+        assert console_lines(stderr) == []
+        assert 'id="eval"' in dom and all(label in dom for label in ("base", "sft", "rl"))
 
 
 def test_models_tiny_writes_a_loadable_checkpoint(tmp_path):

@@ -100,8 +100,9 @@ def test_the_light_modules_import_and_load_configs_without_heavy_libraries(tmp_p
     """What runs before a stage's checks pass: cli, the configs, the prompt check, the stage entry points."""
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a red cube", "tag": "colors"}) + "\n")
     code = "".join(f"sys.modules[{m!r}] = None\n" for m in HEAVY) + (
-        "import cli, janus_train.stages, janus_train.pipeline, janus_train.summary, janus_train.demo\n"
+        "import cli, janus_run.stages, janus_run.pipeline, janus_run.summary, janus_run.demo\n"
         "import janus_data.checks, janus_data.judge.serve, janus_data.models, janus_data.rundir\n"
+        "import janus_eval.checkpoints, janus_eval.gen_checks, janus_eval.geneval_rules, janus_data.eval_results\n"
         "from janus_data.config import load_config\n"
         "from janus_data.prompts import check_prompt_file\n"
         "for preset in ('paper', 'tiny', 'official'):\n    load_config(preset)\n"
@@ -139,7 +140,7 @@ NO_POLARS = "import sys; sys.modules['polars'] = None\n"
 
 
 def test_sft_and_grpo_import_without_polars():
-    code = NO_POLARS + "import janus_train.sft, janus_train.rl, janus_train.stages, janus_train.summary\n"
+    code = NO_POLARS + "import janus_train.sft, janus_train.rl, janus_run.stages, janus_run.summary\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=HANG_S)
     assert out.returncode == 0, out.stderr[-2000:]
 
@@ -223,8 +224,8 @@ def test_check_prompt_file_finds_what_load_prompts_rejects_without_polars(tmp_pa
 def test_cli_and_report_show_the_same_first_and_latest_sft_losses(tmp_path):
     from janus_data.report_sections import _first_latest
     from janus_data.rundir import read_metrics
+    from janus_run.summary import sft_table
     from janus_train.sft import SFTResult
-    from janus_train.summary import sft_table
 
     metrics = tmp_path / "checkpoints" / "sft" / "metrics.jsonl"
     metrics.parent.mkdir(parents=True)
@@ -268,9 +269,9 @@ def test_offline_hub_id_hint_says_how_to_get_the_checkpoint(monkeypatch):
 
 
 def test_outputs_table_names_every_stage():
-    from janus_train.pipeline import StageOutcome
-    from janus_train.stages import STAGES
-    from janus_train.summary import outputs_table
+    from janus_run.pipeline import StageOutcome
+    from janus_run.stages import STAGES
+    from janus_run.summary import outputs_table
 
     table = outputs_table(Path("runs/x"), [StageOutcome(s, "skipped") for s in STAGES])
     assert list(table.columns[0].cells) == list(STAGES)

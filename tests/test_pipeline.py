@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cli import app
 from janus_data.config import load_config
 from janus_data.manifest import read_manifest
-from janus_train.pipeline import STAGES, PipelineError, read_record, run_pipeline, stage_range
+from janus_run.pipeline import STAGES, PipelineError, read_record, run_pipeline, stage_range
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red cube on a table", "two birds on a branch", "a cat on a blue sofa", "three green apples"]
@@ -61,7 +61,7 @@ def test_chain_runs_every_stage_then_skips_them_and_reruns_what_a_change_touches
     # A stricter filter: filter and everything after it re-run; synth and score do not.
     stricter = load_config(str(config_file(tmp_path, run, prompts, filter={"threshold": 0.7})))
     got = statuses(run_pipeline(run, stricter, prompts, progress=False))
-    assert got == {"synth": "skipped", "score": "skipped", "filter": "ran", "sft": "ran", "rl": "ran"}
+    assert got == {"synth": "skipped", "score": "skipped", "filter": "ran", "sft": "ran", "rl": "ran", "eval": "ran"}
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert [n.split(".")[0] for n in names] == ["rl", "rl", "sft", "sft"]  # fresh ones, old ones set aside
     assert all(n.split(".")[1].startswith("stale-") for n in names if "." in n)
@@ -111,7 +111,7 @@ def test_from_and_to_select_stages(tmp_path, prompts):
     assert [o.stage for o in run_pipeline(run, cfg, prompts, stop="score", progress=False)] == ["synth", "score"]
     assert not (run / "sft").exists()
     assert statuses(run_pipeline(run, cfg, None, start="filter", stop="filter", progress=False)) == {"filter": "ran"}
-    assert stage_range("sft", None) == ["sft", "rl"]
+    assert stage_range("sft", None) == ["sft", "rl", "eval"]
     with pytest.raises(PipelineError, match="unknown stage 'sythn'"):
         stage_range("sythn", None)
     with pytest.raises(PipelineError, match="--from rl comes after --to score"):
@@ -179,7 +179,7 @@ def test_killed_during_each_stage_the_rerun_finishes_without_redoing_completed_s
         assert [s for s in STAGES if read_record(run, s)] == list(STAGES[:k])  # killed inside `stage`
     final = tmp_path / "final.txt"
     assert _run(config, final) == 0, final.read_text()[-3000:]
-    assert all(f"skip {s}" in final.read_text() for s in STAGES[:-1])
+    assert all(f"skip {s}" in final.read_text() for s in STAGES[: STAGES.index("rl")])
     assert all(read_record(run, s) for s in STAGES)
     images = read_manifest(run, "images")
     assert images.height == len(PROMPTS) * 6 and images["image_id"].n_unique() == images.height

@@ -27,8 +27,8 @@ from janus_data.filter import run_filter
 from janus_data.prompts import load_prompts, write_prompts_manifest
 from janus_data.score import run_score
 from janus_data.synth import run_synth
+from janus_run.pipeline import run_pipeline
 from janus_train.checkpoint import CheckpointError
-from janus_train.pipeline import run_pipeline
 from janus_train.resume import set_aside, settings
 from janus_train.rewards import CodebookShareScorer
 from janus_train.rl import run_rl

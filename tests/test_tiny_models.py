@@ -11,11 +11,19 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from janus_data.tiny.clip import build_tiny_clip
 from janus_data.tiny.flux import build_tiny_flux
 from janus_data.tiny.internvl import build_tiny_internvl
 from janus_data.tiny.janus import build_tiny_janus
+from janus_data.tiny.mask2former import build_tiny_mask2former
 
-BUILDERS = {"janus": build_tiny_janus, "flux": build_tiny_flux, "internvl": build_tiny_internvl}
+BUILDERS = {
+    "janus": build_tiny_janus,
+    "flux": build_tiny_flux,
+    "internvl": build_tiny_internvl,
+    "mask2former": build_tiny_mask2former,
+    "clip": build_tiny_clip,
+}
 
 
 def tensors(root: Path) -> dict[str, torch.Tensor]:

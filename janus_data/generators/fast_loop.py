@@ -7,19 +7,22 @@ steps run:
 - The key/value cache of every layer is one preallocated tensor, (2B rows, heads, slots,
   head_dim) per layer, written in place at a slot index that lives on the device.
 - Attention reads a window of the first slots, rounded up to a multiple of `window_multiple`
-  (64): a step pays for the context it has, not the whole buffer. The mask over that window
+  (32): a step pays for the context it has, not the whole buffer. The mask over that window
   (prompt padding, written slots) is kept on the device and updated in place each step.
 - The step counter, the positions and the next token are device tensors updated in place, and
   the sampler (the fused kernel on CUDA) reads the step from the device. Nothing in the step
   loop reads a value back to the host.
 - So on CUDA the whole decode step (embed -> layers -> head -> sample -> write) is captured
-  as a CUDA graph, once per window (576 tokens: 10 graphs sharing one memory pool), and
+  as a CUDA graph, once per window (576 tokens: 18 graphs sharing one memory pool), and
   replayed. Buffers and graphs persist across calls of the same shape (prompt lengths are
   left-padded up to a multiple of `pad_multiple`), so a synth run captures once per batch shape.
 
-The loop drives transformers' own modules (the decoder layers, rotary embedding, norm,
-generation head and embeddings), so a user's checkpoint runs unchanged, and calls them the way
-the model's forward does, minus the per-step mask construction and cache bookkeeping.
+- On CUDA the decoder layers run fused (`fused_decoder.FusedDecoder`: one QKV and one gate/up
+  GEMM per layer from weights concatenated once, the additive mask built once per step, residual
+  + RMSNorm together, optionally a regional `torch.compile`). Elsewhere, and for layers it does
+  not reproduce, the loop drives transformers' own decoder layers, the way the model's forward
+  does, minus the per-step mask construction and cache bookkeeping. Either way it uses the
+  model's own rotary embedding, norm, generation head and embeddings.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import JanusForConditionalGeneration
 
+from janus_data.config import JanusGenConfig
+from janus_data.generators.fused_decoder import FusedDecoder, additive_mask, unsupported_reason
 from janus_data.generators.janus_loop import position_ids_from_mask
 from janus_data.generators.sampling import Sampler, SamplerParams, get_sampler
 from janus_data.models import cache_keyword, cache_not_written
@@ -96,7 +101,13 @@ def _pad_left(embeds: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[to
 class ImageTokenLoop:
     """Draws Janus-Pro image tokens for batches of CFG row pairs; the one loop synth and GRPO use.
 
-    `cuda_graph=None` captures the decode step on CUDA and runs it eagerly elsewhere.
+    `cuda_graph=None` captures the decode step on CUDA and runs it eagerly elsewhere. `fused=None`
+    runs the fused decoder on CUDA where the layers allow it, transformers' layers elsewhere;
+    `fused=True` insists (an error for layers it does not support). `compile=True` (needs the
+    fused decoder) compiles its per-layer regions for the decode steps.
+
+    The fused decoder keeps its own copy of the QKV and gate/up weights (Janus-Pro-7B in bf16:
+    8.4 GB), refreshed in place at each call when a source weight changed.
     """
 
     def __init__(
@@ -105,8 +116,10 @@ class ImageTokenLoop:
         *,
         cuda_graph: bool | None = None,
         pad_multiple: int | None = None,
-        window_multiple: int = 64,
+        window_multiple: int = 32,
         sampler: Sampler | None = None,
+        fused: bool | None = None,
+        compile: bool = False,
     ):
         self.model = model
         self.lm = model.model.language_model
@@ -125,6 +138,11 @@ class ImageTokenLoop:
             )
         self._bool_mask = attn == "sdpa"
         self._cache_kw = cache_keyword(self.lm.layers[0])
+        if fused is None:
+            fused = on_cuda and unsupported_reason(self.lm) is None
+        if compile and not fused:
+            raise ValueError("compile=True compiles the fused decoder's layers: it needs fused=True")
+        self.decoder = FusedDecoder(self.lm, compile=compile) if fused else None
 
     # -- the model step, shared by prefill and decode -------------------------------------------------
     def _attention_mask(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -136,8 +154,14 @@ class ImageTokenLoop:
 
     def _forward(self, embeds: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor, buf: _Buffers):
         """Run the decoder on (2B, q, D) at the current slot; return generation logits of the last position."""
-        mask = self._attention_mask(allowed, embeds.dtype)
         rope = self.lm.rotary_emb(embeds, position_ids=positions)
+        if self.decoder is not None:
+            dev = embeds.device.type
+            dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else embeds.dtype
+            hidden = self.decoder.forward(embeds, additive_mask(allowed, dtype), *rope, buf.cache)
+            buf.cache.advance(embeds.shape[1])
+            return self.head(hidden[:, -1])
+        mask = self._attention_mask(allowed, embeds.dtype)
         hidden = embeds
         for layer in self.lm.layers[: self.lm.config.num_hidden_layers]:
             hidden = layer(
@@ -178,7 +202,8 @@ class ImageTokenLoop:
             cfg = self.lm.config
             heads = cfg.num_attention_heads
             head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-            slots = length + num_tokens
+            # Whole windows: the last one's mask rows stay aligned for SDPA's fused kernels.
+            slots = -(-(length + num_tokens) // self.window_multiple) * self.window_multiple
             kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
             dev = self.device
             batch = rows // 2
@@ -236,6 +261,8 @@ class ImageTokenLoop:
         if self.use_graph and torch.is_autocast_enabled(dev) and torch.is_autocast_cache_enabled():
             autocast = torch.autocast(dev, dtype=torch.get_autocast_dtype(dev), cache_enabled=False)
         with autocast, torch.inference_mode():
+            if self.decoder is not None and self.decoder.refresh():
+                self._buffers.clear()  # weights moved to a new dtype or device: graphs read the old ones
             return self._run(embeds, mask, seeds, params, num_tokens, want_logprobs)
 
     def _run(self, embeds, mask, seeds, params: SamplerParams, num_tokens: int, want_logprobs: bool):
@@ -292,3 +319,11 @@ class ImageTokenLoop:
             buf.graphs[key].replay()
         tokens = buf.tokens.clone()
         return tokens, (buf.logprobs.clone() if want_logprobs else None)
+
+
+DECODERS = {"auto": None, "fused": True, "modules": False}  # synth.janus.decoder -> ImageTokenLoop(fused=)
+
+
+def loop_from_config(model: JanusForConditionalGeneration, cfg: JanusGenConfig) -> ImageTokenLoop:
+    """The fast loop with `synth.janus`'s settings: CUDA graphs, the decoder, regional compile."""
+    return ImageTokenLoop(model, cuda_graph=cfg.cuda_graph, fused=DECODERS[cfg.decoder], compile=cfg.compile)

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, JanusForConditionalGeneration
 
 from janus_data.config import JanusGenConfig
 from janus_data.errors import ModelError
-from janus_data.generators.fast_loop import ImageTokenLoop
+from janus_data.generators.fast_loop import loop_from_config
 from janus_data.generators.janus_loop import cfg_inputs, decode_image_tokens, reference_image_loop
 from janus_data.generators.sampling import SamplerParams
 from janus_data.janus_format import BOI
@@ -69,7 +69,7 @@ class JanusGenerator:
                 f"tokenizer of '{cfg.model}' lacks BOS, pad or {BOI}", hint="use the checkpoint's tokenizer"
             )
         self.sampler = SamplerParams(cfg.cfg_weight, cfg.temperature, cfg.top_k, cfg.top_p)
-        self.loop = ImageTokenLoop(self.model, cuda_graph=cfg.cuda_graph) if cfg.loop == "fast" else None
+        self.loop = loop_from_config(self.model, cfg) if cfg.loop == "fast" else None
 
     def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded ids ending in <begin_of_image>: B prompts -> (B, L) ids, (B, L) mask."""

@@ -1,4 +1,4 @@
-"""The `lmdeploy` judge backend: (prompt, image) pairs scored by LMDeploy's (or OpenAI-compatible) servers.
+"""The `lmdeploy` judge backend: (prompt, image) pairs and edits scored by LMDeploy's (or OpenAI-compatible) servers.
 
 Works against `lmdeploy serve api_server <InternVL> --server-port 23333` (one or several, e.g. one
 per GPU) and against `janus serve judge`, its stand-in. What is sent and why: janus_data/judge/wire.py.
@@ -20,8 +20,8 @@ from janus_data.errors import JudgeServerError, one_line
 from janus_data.judge.protocol import CHAT_PATH, MODELS_PATH
 from janus_data.judge.scoring import MAX_TOP_LOGPROBS, answer_of, score_from_logprobs
 from janus_data.judge.serve import API_KEY_ENV
-from janus_data.judge.templates import consistency_question, reason_question
-from janus_data.judge.types import JudgeResult
+from janus_data.judge.templates import consistency_question, edit_question, edit_reason_question, reason_question
+from janus_data.judge.types import EditJudgeResult, JudgeResult, open_edit_pair
 from janus_data.judge.wire import (
     PROBE_PROMPT,
     REASON_SAMPLING,
@@ -68,7 +68,8 @@ class _Session:
 class ServerJudge:
     """Judge through one or several LMDeploy api_servers (or `janus serve judge`).
 
-    Each pair costs two requests. The S request asks the paper's exact question with one new
+    Each pair costs two requests (an edit four: S and reason for R_flw and R_psv, each request
+    holding both images). The S request asks the paper's exact question with one new
     token and the first token's 20 candidates, sampling pinned so that they are the model's own
     (wire.py); S is the yes share of the yes/no mass among the chosen token and its
     `top_logprobs`. When `reason_tokens > 0` a second, greedy request asks `reason_question`.
@@ -149,7 +150,23 @@ class ServerJudge:
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
         if not prompts:
             return []
-        return self._run(self._session(lambda s: self._score(s, prompts, images)))
+        return self._run(self._session(lambda s: self._score(s, self._pair, list(zip(prompts, images, strict=True)))))
+
+    def score_edits(
+        self, instructions: list[str], originals: list[Image.Image | bytes], edited: list[Image.Image | bytes]
+    ) -> list[EditJudgeResult]:
+        """One EditJudgeResult per (instruction, original, edited), in order: S_flw and S_psv, each with its reason.
+
+        Each question is one request holding both images, original first (wire.chat_body), its S
+        read as `score` reads S. A pair whose image cannot be decoded gets an error result and
+        costs no request.
+        """
+        if not len(instructions) == len(originals) == len(edited):
+            raise ValueError(f"{len(instructions)} instructions, {len(originals)} originals, {len(edited)} edited")
+        if not instructions:
+            return []
+        edits = list(zip(instructions, originals, edited, strict=True))
+        return self._run(self._session(lambda s: self._score(s, self._edit, edits)))
 
     # ------------------------------------------------------------------ plumbing
 
@@ -274,7 +291,7 @@ class ServerJudge:
 
     async def _probe(self, session: _Session, ep: _Endpoint, url: str) -> None:
         """One real S request on the probe image: it must come back with a usable first-token distribution."""
-        body = chat_body(self.model, consistency_question(PROBE_PROMPT), url, 1, S_SAMPLING, self.top_logprobs)
+        body = self._s_body(consistency_question(PROBE_PROMPT), url)
         try:
             answer = await self._call(session, "POST", CHAT_PATH, body, eps=[ep])
         except _PairFailed as err:
@@ -316,6 +333,23 @@ class ServerJudge:
 
     # ------------------------------------------------------------------ scoring
 
+    async def _ask(self, session: _Session, question: str, reason: str, urls: str | list[str]):
+        """S of `question` about the image(s) at `urls`, and the answer to `reason`: (JudgeResult, refusal or None)."""
+        calls = [self._call(session, "POST", CHAT_PATH, self._s_body(question, urls))]
+        if self.reason_tokens > 0:
+            body = chat_body(self.model, reason, urls, self.reason_tokens, REASON_SAMPLING)
+            calls.append(self._call(session, "POST", CHAT_PATH, body))
+        try:
+            bodies = await _gather_or_cancel(calls)
+        except _PairFailed as err:
+            return JudgeResult(None, None, "", False, error=one_line(err)), err
+        try:
+            s = score_from_logprobs(first_token_top(bodies[0]["choices"][0]))
+            text = bodies[1]["choices"][0]["message"]["content"] if len(bodies) > 1 else ""
+        except (ValueError, KeyError, IndexError, TypeError) as err:
+            return JudgeResult(None, None, "", False, error=one_line(err)), None
+        return JudgeResult(s, None if s is None else answer_of(s), (text or "").strip(), s is None), None
+
     async def _pair(self, session: _Session, gate: asyncio.Semaphore, prompt: str, image):
         """(JudgeResult, the refusal when the server refused it)."""
         async with gate:  # bounds the encoded images held at once
@@ -323,28 +357,31 @@ class ServerJudge:
                 url = await asyncio.to_thread(data_url, image)
             except Exception as err:
                 return JudgeResult(None, None, "", False, error=one_line(f"cannot encode the image: {err}")), None
-            calls = [self._call(session, "POST", CHAT_PATH, self._s_body(prompt, url))]
-            if self.reason_tokens > 0:
-                reason = chat_body(self.model, reason_question(prompt), url, self.reason_tokens, REASON_SAMPLING)
-                calls.append(self._call(session, "POST", CHAT_PATH, reason))
-            try:
-                bodies = await _gather_or_cancel(calls)
-            except _PairFailed as err:
-                return JudgeResult(None, None, "", False, error=one_line(err)), err
-            try:
-                s = score_from_logprobs(first_token_top(bodies[0]["choices"][0]))
-                text = bodies[1]["choices"][0]["message"]["content"] if len(bodies) > 1 else ""
-            except (ValueError, KeyError, IndexError, TypeError) as err:
-                return JudgeResult(None, None, "", False, error=one_line(err)), None
-            return JudgeResult(s, None if s is None else answer_of(s), (text or "").strip(), s is None), None
+            return await self._ask(session, consistency_question(prompt), reason_question(prompt), url)
 
-    def _s_body(self, prompt: str, url: str) -> dict:
-        return chat_body(self.model, consistency_question(prompt), url, 1, S_SAMPLING, self.top_logprobs)
+    async def _edit(self, session: _Session, gate: asyncio.Semaphore, instruction: str, original, edited):
+        """(EditJudgeResult, a refusal when the server refused either question)."""
+        async with gate:
+            try:
+                await asyncio.to_thread(open_edit_pair, original, edited)
+                urls = [await asyncio.to_thread(data_url, image) for image in (original, edited)]
+            except Exception as err:
+                return EditJudgeResult.failed(one_line(err)), None
+            asked = [
+                self._ask(session, edit_question(k, instruction), edit_reason_question(k, instruction), urls)
+                for k in ("flw", "psv")
+            ]
+            (flw, refused), (psv, refused_psv) = await _gather_or_cancel(asked)
+            return EditJudgeResult(flw, psv), refused or refused_psv
 
-    async def _score(self, session: _Session, prompts: list[str], images: list) -> list[JudgeResult]:
+    def _s_body(self, question: str, urls: str | list[str]) -> dict:
+        return chat_body(self.model, question, urls, 1, S_SAMPLING, self.top_logprobs)
+
+    async def _score(self, session: _Session, judge_one, items: list[tuple]) -> list:
+        """`judge_one(session, gate, *item)` for every item at once, in order; stops on whole-batch refusals."""
         await self._resolve_model(session)
         gate = asyncio.Semaphore(2 * self.concurrency * len(session.eps))
-        pairs = await _gather_or_cancel(self._pair(session, gate, p, im) for p, im in zip(prompts, images, strict=True))
+        pairs = await _gather_or_cancel(judge_one(session, gate, *item) for item in items)
         refusals = [refused for _, refused in pairs]
         # Consecutive refused pairs over calls, so that batches of one image are caught too.
         self._refused_run = self._refused_run + len(pairs) if all(refusals) else 0

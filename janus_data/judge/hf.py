@@ -1,4 +1,4 @@
-"""The judge in process: a transformers InternVL checkpoint scoring (prompt, image) pairs in batches."""
+"""The judge in process: a transformers InternVL checkpoint scoring (prompt, image) pairs and edits in batches."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ from transformers import AutoImageProcessor, AutoTokenizer, InternVLForCondition
 from janus_data.errors import ModelError
 from janus_data.judge.decode import RaggedBatch, greedy
 from janus_data.judge.scoring import NO_WORDS, YES_WORDS, answer_of
-from janus_data.judge.templates import IMAGE_TAG, consistency_question, reason_question
-from janus_data.judge.types import JudgeResult
+from janus_data.judge.templates import (
+    IMAGE_TAG,
+    consistency_question,
+    edit_question,
+    edit_reason_question,
+    reason_question,
+)
+from janus_data.judge.types import EditJudgeResult, JudgeResult, open_edit_pair
 from janus_data.models import loading, resolve_model
 
 
@@ -97,31 +103,41 @@ class HFJudge:
         eos = eos if isinstance(eos, list) else [eos]
         self.stop_ids = {int(e) for e in eos if e is not None} | {int(tok.eos_token_id)}
 
-    def question_ids(self, question: str, n_tiles: int) -> list[int]:
-        """Chat-templated ids of one question, its image tag expanded to the image's tokens."""
+    def question_ids(self, question: str, n_tiles: int | list[int]) -> list[int]:
+        """Chat-templated ids of one question, its first image tag(s) expanded to the images' tokens.
+
+        `n_tiles` is the tile count of each image, in order (an int for one image); tags after
+        them (a prompt that spells `<image>`) stay text.
+        """
+        tiles = [n_tiles] if isinstance(n_tiles, int) else list(n_tiles)
+        return self.prompt_ids(question.split(IMAGE_TAG, len(tiles)), tiles)
+
+    def prompt_ids(self, texts: list[str], tiles: list[int]) -> list[int]:
+        """Chat-templated ids of a user turn texts[0], image 0, texts[1], ..., image n-1, texts[n].
+
+        Each image is `<img>` + `<IMG_CONTEXT>` x (image_seq_length x its tiles) + `</img>`, filled
+        in order as InternVLProcessor and InternVL's own chat() fill `<image>` tags.
+        """
+        if len(texts) != len(tiles) + 1:
+            raise ValueError(f"{len(tiles)} images need {len(tiles) + 1} text segments, got {len(texts)}")
         tok = self.tokenizer
+        content = IMAGE_TAG.join(texts)
         text = tok.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
         )
-        at = text.find(question)
+        at = text.find(content)
         if at < 0:
             raise ModelError(
                 f"the chat template of '{self.model_id}' rewrites the user text", hint="use the checkpoint's tokenizer"
             )
-        head, rest, tail = text[:at], question[len(IMAGE_TAG) :], text[at + len(question) :]
-        image = [
-            tok.convert_tokens_to_ids(self.start_image),
-            *[self.context_id] * (self.image_seq_length * n_tiles),
-            tok.convert_tokens_to_ids(self.end_image),
-        ]
-        # The prompt is text: one spelling "<IMG_CONTEXT>" must not add an image token.
-        body = tok.encode(rest, add_special_tokens=False, split_special_tokens=True)
-        return [
-            *tok.encode(head, add_special_tokens=False),
-            *image,
-            *body,
-            *tok.encode(tail, add_special_tokens=False),
-        ]
+        start, end = tok.convert_tokens_to_ids(self.start_image), tok.convert_tokens_to_ids(self.end_image)
+        ids = tok.encode(text[:at], add_special_tokens=False)
+        for i, segment in enumerate(texts):
+            if i:
+                ids += [start, *[self.context_id] * (self.image_seq_length * tiles[i - 1]), end]
+            # The prompt is text: one spelling "<IMG_CONTEXT>" must not add an image token.
+            ids += tok.encode(segment, add_special_tokens=False, split_special_tokens=True)
+        return ids + tok.encode(text[at + len(content) :], add_special_tokens=False)
 
     def preprocess(self, images: list[Image.Image]) -> tuple[torch.Tensor, list[int]]:
         """(sum tiles, 3, 448, 448) pixel values and the tile count of each image."""
@@ -200,3 +216,71 @@ class HFJudge:
         rows = first.shape[0]
         new = batch.decode(first, [self.reason_tokens] * rows, [self.stop_ids] * rows, greedy)
         return [self.text_of(ids)[0] for ids in new]
+
+    @torch.inference_mode()
+    def score_edits(
+        self,
+        instructions: list[str],
+        originals: list[Image.Image | bytes],
+        edited: list[Image.Image | bytes],
+        shared_prefill: bool = True,
+    ) -> list[EditJudgeResult]:
+        """One EditJudgeResult (S_flw, S_psv, their reasons) per (instruction, original, edited), one batch.
+
+        Both images go into one prompt, original first (templates.edit_question). The four
+        questions of an edit (two S, two reasons) differ only after the instruction, so the
+        images are prefilled once, the cache is duplicated for the two questions, and each
+        question's tail continues from it. A pair whose image cannot be decoded gets an error
+        result; the others are judged. `shared_prefill=False` runs separate passes (the reference).
+        """
+        if not len(instructions) == len(originals) == len(edited):
+            raise ValueError(f"{len(instructions)} instructions, {len(originals)} originals, {len(edited)} edited")
+        results: list[EditJudgeResult | None] = [None] * len(instructions)
+        images: list[Image.Image] = []
+        for i, pair in enumerate(zip(originals, edited, strict=True)):
+            try:
+                images += open_edit_pair(*pair)
+            except ValueError as err:
+                results[i] = EditJudgeResult.failed(str(err))
+        ok = [i for i, r in enumerate(results) if r is None]
+        if ok:
+            judged = self._judge_edits([instructions[i] for i in ok], images, shared_prefill)
+            for i, result in zip(ok, judged, strict=True):
+                results[i] = result
+        return results
+
+    def _judge_edits(self, instructions: list[str], images: list[Image.Image], shared: bool) -> list[EditJudgeResult]:
+        """`images` = [original 0, edited 0, original 1, ...]; rows are every flw question, then every psv one."""
+        n = len(instructions)
+        pixels, tiles = self.preprocess(images)
+        pair_tiles = [tiles[2 * k : 2 * k + 2] for k in range(n)]
+        pairs = list(zip(instructions, pair_tiles, strict=True))
+        s_rows = [self.question_ids(edit_question(q, t), pt) for q in ("flw", "psv") for t, pt in pairs]
+        r_rows = [self.question_ids(edit_reason_question(q, t), pt) for q in ("flw", "psv") for t, pt in pairs]
+        reasons = [""] * (2 * n)
+        batch = self.batch()
+        if shared:
+            groups = [
+                [s_rows[k], s_rows[n + k]] + ([r_rows[k], r_rows[n + k]] if self.reason_tokens > 0 else [])
+                for k in range(n)
+            ]
+            # Each tail keeps at least one token, so every question ends on a token of its own.
+            cut = [min(*(common_prefix(g[0], h) for h in g[1:]), *(len(h) - 1 for h in g)) for g in groups]
+            batch.append([s_rows[k][: cut[k]] for k in range(n)], **self.pixel_inputs(pixels))
+            batch.select(list(range(n)) * 2)  # one copy of each edit's cache per question kind
+            prefix = batch.mark()
+            scores = self.yes_share(batch.append([row[cut[j % n] :] for j, row in enumerate(s_rows)]))
+            if self.reason_tokens > 0:
+                batch.rewind(prefix)
+                reasons = self._reasons(batch, batch.append([row[cut[j % n] :] for j, row in enumerate(r_rows)]))
+        else:
+            both = self.pixel_inputs(torch.cat([pixels, pixels]))
+            scores = self.yes_share(batch.append(s_rows, **both))
+            if self.reason_tokens > 0:
+                batch = self.batch()
+                reasons = self._reasons(batch, batch.append(r_rows, **both))
+        sides = [
+            JudgeResult(score=s, answer=None if s is None else answer_of(s), reason=r, flagged=s is None)
+            for s, r in zip(scores, reasons, strict=True)
+        ]
+        return [EditJudgeResult(following=sides[k], preserving=sides[n + k]) for k in range(n)]

@@ -6,7 +6,12 @@ serve/openai/chat_completions/validation.py (`check_request`), serve/openai/endp
 status), serve/openai/api_server.py (`validation_exception_handler`: malformed fields are 400),
 serve/openai/chat_completions/logprobs.py (the chosen token outside `top_logprobs`),
 serve/openai/chat_completions/serving.py (the response, dumped with every field), and
-vl/model/internvl.py (`proc_messages`: an image part becomes `<img>...</img>\\n` before the text).
+vl/model/internvl.py (`proc_messages`: the parts of a user message joined with '', each image part
+as `<img>...</img>\\n`; or, when a text part holds `<IMAGE_TOKEN>`, the texts alone with each
+`<IMAGE_TOKEN>` becoming `<img>...</img>`). LMDeploy 0.18 sets no limit on the images of a message:
+only `--session-len` bounds them; a count that does not match the `<IMAGE_TOKEN>`s fails an
+assertion in vl/model/base.py (`to_pytorch_aux`, `to_turbomind_aux`), which
+serve/core/async_engine.py answers as a 400 'Request preprocessing failed.'.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from janus_data.judge.scoring import MAX_TOP_LOGPROBS
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 MAX_N = 128
+IMAGE_TOKEN = "<IMAGE_TOKEN>"  # LMDeploy's placeholder for "put the next image here" (vl/model/base.py)
+PREPROCESS_FAILED = "Request preprocessing failed."  # serve/core/exceptions.py, ErrorCode.PREPROCESS_FAILED
+# Parts LMDeploy knows (serve/processors/multimodal.py, MULTIMODAL_TYPES) that this stand-in does not serve.
+_MEDIA_PARTS = {"image_data", "image", "video_url", "video", "audio_url", "audio", "time_series_url", "time_series"}
 DEFAULT_MAX_NEW_TOKENS = 256  # LMDeploy fills the session; a stand-in bounds an unset length instead
 
 _ERROR_TYPES = {401: "authentication_error", 404: "not_found_error", 500: "server_error", 503: "server_error"}
@@ -62,10 +71,13 @@ class ApiError(Exception):
 
 @dataclass
 class ChatRequest:
-    """One parsed chat request: the question (image tag first), its image and how to generate."""
+    """One parsed chat request: texts[0], images[0], texts[1], ..., images[-1], texts[-1], and how to generate.
 
-    question: str
-    image: Image.Image
+    `texts` is the user turn as LMDeploy renders it, cut at its images (len(images) + 1 pieces).
+    """
+
+    texts: list[str]
+    images: list[Image.Image]
     max_new_tokens: int | None
     logprobs: bool
     top_logprobs: int
@@ -127,27 +139,42 @@ def decode_image(url: str) -> Image.Image:
         image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
         return image.convert("RGB")
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError...
-        raise ApiError(400, "Request preprocessing failed.") from err
+        raise ApiError(400, PREPROCESS_FAILED) from err
 
 
-def _question(messages) -> tuple[str, str]:
-    """(question with the image tag first, image URL) of the one user message this stand-in serves."""
+def _user_turn(messages) -> tuple[list[str], list[str]]:
+    """(texts cut at the images, image URLs) of the one user message this stand-in serves, as proc_messages joins it."""
     if not (isinstance(messages, list) and len(messages) == 1 and isinstance(messages[0], dict)):
         raise ApiError(400, "janus serve judge answers one user message per request")
     message = messages[0]
     content = message.get("content")
     if message.get("role") != "user" or not isinstance(content, list) or not content:
         raise ApiError(400, "janus serve judge needs a user message whose content is a list of parts")
-    first, rest = content[0], content[1:]
-    url = first.get("image_url") if isinstance(first, dict) and first.get("type") == "image_url" else None
-    url = url.get("url") if isinstance(url, dict) else url
-    if not isinstance(url, str):
-        raise ApiError(400, "janus serve judge needs the image_url part first (one image per request)")
-    texts = [p.get("text") for p in rest if isinstance(p, dict) and p.get("type") == "text"]
-    if len(texts) != len(rest) or not texts or not all(isinstance(t, str) for t in texts):
-        raise ApiError(400, "janus serve judge needs text parts after the image")
-    # proc_messages: an image part renders as '<img>...</img>\n', the text parts follow as they are.
-    return "<image>\n" + "".join(texts), url
+    texts, urls, pieces = [], [], [""]
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+            pieces[-1] += part["text"]
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str):
+                raise ApiError(400, "janus serve judge needs a url in every image_url part")
+            urls.append(url)
+            pieces.append("\n")  # '<img>...</img>\n': the image's own newline opens the next piece
+        elif kind in _MEDIA_PARTS:
+            raise ApiError(400, "janus serve judge takes text and image_url parts only")
+        else:  # serve/processors/multimodal.py: NotImplementedError('unknown type'), a preprocessing failure
+            raise ApiError(400, PREPROCESS_FAILED)
+    if not urls:
+        raise ApiError(400, "janus serve judge needs at least one image_url part")
+    joined = "".join(texts)
+    if IMAGE_TOKEN in joined:  # the backward-compatible form: images where the texts place them, no newline
+        pieces = joined.split(IMAGE_TOKEN)
+        if len(pieces) != len(urls) + 1:
+            raise ApiError(400, PREPROCESS_FAILED)
+    return pieces, urls
 
 
 def parse_chat(body, served: list[str], engine: str, logprobs_mode: str | None) -> ChatRequest:
@@ -169,12 +196,12 @@ def parse_chat(body, served: list[str], engine: str, logprobs_mode: str | None) 
         raise ApiError(400, "janus serve judge does not stream; send stream: false")
     if (body.get("n") or 1) > 1:
         raise ApiError(400, "janus serve judge answers n: 1 only")
-    question, url = _question(body["messages"])
+    texts, urls = _user_turn(body["messages"])
     max_new = body.get("max_completion_tokens")
     max_new = body.get("max_tokens") if max_new is None else max_new
     return ChatRequest(
-        question=question,
-        image=decode_image(url),
+        texts=texts,
+        images=[decode_image(url) for url in urls],
         max_new_tokens=max_new,
         logprobs=bool(body.get("logprobs")),
         top_logprobs=body.get("top_logprobs") or 0,

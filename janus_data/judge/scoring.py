@@ -66,3 +66,22 @@ def answer_of(score: float) -> str:
     ('yes', 'no')
     """
     return "yes" if score >= 0.5 else "no"
+
+
+# The paper's edit reward weights (docs/paper.md, 'Image-editing extension'; the released
+# recipes/image_editing/grpo.yml: following 1.0, preserving 0.25).
+W_FLW = 1.0
+W_PSV = 0.25
+
+
+def edit_reward(s_flw: float | None, s_psv: float | None, w_flw: float = W_FLW, w_psv: float = W_PSV) -> float | None:
+    """R = w_flw * S_flw + w_psv * S_psv; None when either score is missing (never guessed).
+
+    >>> edit_reward(0.8, 0.4)
+    0.9
+    >>> edit_reward(0.5, 1.0, w_flw=2.0, w_psv=0.0), edit_reward(None, 0.3)
+    (1.0, None)
+    """
+    if s_flw is None or s_psv is None:
+        return None
+    return w_flw * s_flw + w_psv * s_psv

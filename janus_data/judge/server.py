@@ -14,10 +14,12 @@ LMDeploy's (temperature 0.8, top_k 50). Every generated token gets its logprobs 
 token outside `top_logprobs`, tokens as vocabulary pieces. Errors are LMDeploy's flat bodies;
 an unknown model is a 404. `GET /v1/models`, `GET /health`.
 
-What it does not do: streaming, n > 1, several images or messages per request, images by
-http URL. One user message holds one `image_url` data URL, then text.
+What it does not do: streaming, n > 1, several messages per request, images by http URL. One
+user message holds text and `image_url` data-URL parts in any order, rendered as LMDeploy's
+InternVL template renders them (protocol.py): the edit judge's two images (original, edited)
+arrive in one request.
 
-Micro-batching: handler threads parse, decode and tile the image and queue a job; one worker
+Micro-batching: handler threads parse, decode and tile the images and queue a job; one worker
 takes every queued job (up to `max_batch`, waiting at most `batch_wait_s` for more) and decodes
 them as one ragged batch, so concurrent clients pay off as with LMDeploy's continuous batching.
 """
@@ -231,8 +233,8 @@ class JudgeServer:
         """The response body of one chat request (called by handler threads), or ApiError."""
         request = parse_chat(body, [self.model_name], self.engine, self.logprobs_mode)
         with self._prep_lock:
-            pixels, tiles = self.judge.preprocess([request.image])
-            ids = self.judge.question_ids(request.question, tiles[0])
+            pixels, tiles = self.judge.preprocess(request.images)
+            ids = self.judge.prompt_ids(request.texts, tiles)
         if self.session_len is not None and len(ids) >= self.session_len:
             raise ApiError(
                 400, f"Input length ({len(ids)}) must be smaller than the model context length ({self.session_len})."

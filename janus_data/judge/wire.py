@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from janus_data.errors import one_line
 from janus_data.judge.scoring import NO_WORDS, YES_WORDS, word_of
-from janus_data.judge.templates import text_after_image
+from janus_data.judge.templates import message_texts
 
 _MIME = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"))
 S_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
@@ -76,19 +76,25 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)).rstrip("/")
 
 
-def chat_body(model: str, question: str, url: str, max_tokens: int, sampling: dict, top_logprobs: int = 0) -> dict:
-    """One chat completion request: the image part, then the question's text after its image tag."""
+def chat_body(
+    model: str, question: str, url: str | list[str], max_tokens: int, sampling: dict, top_logprobs: int = 0
+) -> dict:
+    """One chat completion request: the question's text cut at its image tags, one `image_url` part per tag.
+
+    One URL (S, the reason): the image part, then the question after its `<image>\\n`. Several (the
+    edit questions, original first): text, image, text, image, text, each image part where its
+    tag stood; LMDeploy renders each as `<img>...</img>\\n`, which restores the tag's newline.
+    """
+    urls = [url] if isinstance(url, str) else list(url)
+    content: list[dict] = []
+    for i, text in enumerate(message_texts(question, len(urls))):
+        if i:
+            content.append({"type": "image_url", "image_url": {"url": urls[i - 1]}})
+        if text:
+            content.append({"type": "text", "text": text})
     body = {
         "model": model,
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": url}},
-                    {"type": "text", "text": text_after_image(question)},
-                ],
-            }
-        ],
+        "messages": [{"role": "user", "content": content}],
         "max_completion_tokens": max_tokens,
         "max_tokens": max_tokens,
         **sampling,

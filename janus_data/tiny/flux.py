@@ -8,7 +8,6 @@ instead of 8), so height and width need only be multiples of 4 here.
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import string
@@ -17,76 +16,17 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from tokenizers import pre_tokenizers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel, T5Tokenizer
 
-from janus_data.tiny.tokenizer import BASE_CORPUS
+from janus_data.tiny.clip_tokenizer import CLIP_MAX_LENGTH, printable_corpus, train_clip_tokenizer
 
-# CLIP's special tokens, spelled as in openai/clip-vit-large-patch14 (FLUX's `tokenizer`).
-CLIP_BOS = "<|startoftext|>"
-CLIP_EOS = "<|endoftext|>"
 # T5's special tokens, spelled and ordered as in google/t5-v1_1-xxl (FLUX's `tokenizer_2`).
 T5_PAD = "<pad>"
 T5_EOS = "</s>"
 T5_UNK = "<unk>"
 
-CLIP_MAX_LENGTH = 77  # CLIP's context length; FluxPipeline pads CLIP prompts to it
 TEXT_DIM = 32  # hidden size of both tiny text encoders
 LATENT_CHANNELS = 4  # real FLUX VAE: 16
-
-
-def _corpus() -> list[str]:
-    # Every printable ASCII character once, so no prompt character maps to <unk>.
-    return [*BASE_CORPUS, " ".join(string.ascii_letters + string.digits + string.punctuation)] * 4
-
-
-def _train_clip_tokenizer(vocab_size: int = 1024) -> CLIPTokenizer:
-    """A byte-level BPE in CLIP's layout, trained offline, as transformers' CLIPTokenizer.
-
-    Vocabulary as openai/clip-vit-large-patch14 orders it: the 256 byte symbols, the same with
-    the '</w>' end-of-word suffix, one token per merge, then <|startoftext|>, <|endoftext|>.
-    The merges are learned here in plain Python with ties broken by the pair itself, because
-    tokenizers' BpeTrainer with an end-of-word suffix numbers the suffixed symbols in hash
-    order and so breaks ties differently from run to run.
-    """
-    clip = CLIPTokenizer()  # an empty vocabulary; only its normalizer and pre-tokenizer are used
-    backend = clip.backend_tokenizer
-    words: Counter[tuple[str, ...]] = Counter()
-    for line in _corpus():
-        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(line)):
-            words[(*word[:-1], word[-1] + "</w>")] += 1
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # code-point order is GPT-2's byte order
-    vocab = [*alphabet, *(c + "</w>" for c in alphabet)]
-    merges: list[tuple[str, str]] = []
-    while len(vocab) + 2 < vocab_size:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for word, n in words.items():
-            for pair in itertools.pairwise(word):
-                pairs[pair] += n
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        vocab.append(best[0] + best[1])
-        words = Counter({_merge(word, best): n for word, n in words.items()})
-    vocab += [CLIP_BOS, CLIP_EOS]
-    return CLIPTokenizer(
-        vocab={token: i for i, token in enumerate(vocab)},
-        merges=merges,
-        model_max_length=CLIP_MAX_LENGTH,
-    )
-
-
-def _merge(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
-            out.append(word[i] + word[i + 1])
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return tuple(out)
 
 
 def _train_t5_tokenizer() -> T5Tokenizer:
@@ -97,7 +37,7 @@ def _train_t5_tokenizer() -> T5Tokenizer:
     directly because tokenizers' UnigramTrainer shrinks a corpus this small to mostly characters.
     """
     counts: Counter[str] = Counter()
-    for line in _corpus():
+    for line in printable_corpus():
         for piece in re.findall(r"[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]", line):
             counts[f"▁{piece}"] += 1
             counts[piece] += 1
@@ -112,7 +52,7 @@ def _train_t5_tokenizer() -> T5Tokenizer:
 def build_tiny_flux(out_dir: str | Path, seed: int = 0) -> Path:
     """Build, save (safetensors) and return the directory of a tiny random FLUX.1 pipeline."""
     out_dir = Path(out_dir)
-    tokenizer = _train_clip_tokenizer()
+    tokenizer = train_clip_tokenizer()
     tokenizer_2 = _train_t5_tokenizer()
 
     torch.manual_seed(seed)

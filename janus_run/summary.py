@@ -10,12 +10,13 @@ from rich.table import Table
 
 from janus_data.janus_format import TASKS
 from janus_data.rundir import CKPT_DIRS, METRICS, first_latest_table, read_metrics
+from janus_run.stages import STAGE_OUTPUTS
 from janus_train.resume import POLICY_SOURCES
-from janus_train.stages import STAGE_OUTPUTS
 
 if TYPE_CHECKING:
+    from janus_eval.run_eval import RunEvalResult
+    from janus_run.pipeline import StageOutcome
     from janus_train.core import TrainResult
-    from janus_train.pipeline import StageOutcome
     from janus_train.rl import RLResult
     from janus_train.sft import SFTResult
 
@@ -103,6 +104,8 @@ def stage_summary(stage: str, result: Any) -> list[Any]:
         from janus_data.report import report_table
 
         return [report_table(result)]
+    if stage == "eval":
+        return eval_summary(result)
     from janus_data import summaries
 
     if stage == "synth":
@@ -113,6 +116,21 @@ def stage_summary(stage: str, result: Any) -> list[Any]:
     else:
         out = [summaries.filter_headline(result), summaries.filter_table(result)]
     return [part for part in out if part]
+
+
+def eval_summary(result: RunEvalResult) -> list[Any]:
+    """The eval stage: what it measured (or why nothing), then `janus eval`'s own tables."""
+    from janus_eval.tables import geneval_tables, judge_eval_tables
+
+    skipped = f" ({', '.join(result.skipped)} not trained yet: skipped)" if result.skipped else ""
+    if not result.ran:
+        return ["[dim]eval: no prompt set in the config (eval.geneval_prompts, eval.judge_prompts): nothing to do[/]"]
+    out: list[Any] = [f"[bold]eval[/]: {', '.join(result.checkpoints)}{skipped}"]
+    if result.geneval is not None:
+        out += geneval_tables(result.geneval)
+    if result.judge is not None:
+        out += judge_eval_tables(result.judge)
+    return out
 
 
 def outcome_summary(outcome: StageOutcome) -> list[Any]:

@@ -1,4 +1,4 @@
-"""`janus demo`: every stage on a small prompt file with tiny random models on CPU, then a contact sheet and the report."""
+"""`janus demo`: every stage on a small prompt file with tiny random models on CPU, its evaluation, a contact sheet, the report."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from janus_data.config import load_config
-from janus_train import stages
-from janus_train.pipeline import StageOutcome, run_pipeline
+from janus_data.config import GENEVAL_DEMO, demo_prompts_path, load_config, with_overrides
+from janus_run import stages
+from janus_run.pipeline import StageOutcome, run_pipeline
 
 NOTE = "tiny random models on CPU: they demonstrate the mechanics, not image quality"
 CONTACT_SHEET = "contact_sheet.png"
@@ -33,6 +33,13 @@ class DemoResult:
         )
 
 
+def demo_config(prompts: Path):
+    """The `tiny` preset, ending with the eval stage: GenEval on the bundled GenEval-format prompts and
+    the judge on the demo prompts, for the base, SFT and GRPO checkpoints, with the introspective chain."""
+    evaluation = {"geneval_prompts": str(demo_prompts_path(GENEVAL_DEMO)), "judge_prompts": str(prompts)}
+    return with_overrides(load_config("tiny"), {"eval": {**evaluation, "introspect": True, "images_per_prompt": 1}})
+
+
 def run_demo(
     run_dir: Path,
     prompts: Path,
@@ -45,7 +52,7 @@ def run_demo(
     run_dir = Path(run_dir)
     outcomes = run_pipeline(
         run_dir,
-        load_config("tiny"),
+        demo_config(prompts),
         prompts,
         progress=progress,
         on_stage=on_stage,

@@ -1,4 +1,4 @@
-"""The five stages: their order, where each writes, and an entry point per stage.
+"""The six stages: their order, where each writes, and an entry point per stage.
 
 Each entry point checks the stage's inputs (prompt file, run directory, the manifests it reads)
 in milliseconds, and only then imports its stage and with it torch, polars and the model
@@ -31,10 +31,11 @@ if TYPE_CHECKING:
     from janus_data.report import ReportResult
     from janus_data.score import ScoreResult
     from janus_data.synth import SynthResult
+    from janus_eval.run_eval import RunEvalResult
     from janus_train.rl import RLResult
     from janus_train.sft import SFTResult
 
-STAGES = ("synth", "score", "filter", "sft", "rl")
+STAGES = ("synth", "score", "filter", "sft", "rl", "eval")
 # What each stage writes, relative to the run directory.
 STAGE_OUTPUTS = {
     "synth": "manifests/images, images/",
@@ -42,6 +43,7 @@ STAGE_OUTPUTS = {
     "filter": "sft/{t2i,judge,regen}/*.tar, manifests/samples",
     "sft": CKPT_DIRS["sft"],
     "rl": CKPT_DIRS["rl"],
+    "eval": "eval/{geneval,judge}/<checkpoint>/",
 }
 
 
@@ -112,6 +114,19 @@ def rl(
 
     flags = {"resume": resume, "restart": restart, "from_base": from_base}
     return run_rl(run_dir, cfg, init, max_steps, **flags, progress=progress, log=log)
+
+
+def eval_(run_dir: Path, cfg: JanusRunConfig, progress: bool | None = None) -> RunEvalResult:
+    """`janus run`'s eval stage: the prompt sets the config names, checked, then GenEval and the judge (`run_eval`)."""
+    from janus_eval.geneval_rules import check_geneval_file
+
+    if cfg.eval.geneval_prompts:
+        check_geneval_file(Path(cfg.eval.geneval_prompts))
+    if cfg.eval.judge_prompts:
+        check_prompt_file(Path(cfg.eval.judge_prompts))
+    from janus_eval.run_eval import evaluate_run
+
+    return evaluate_run(run_dir, cfg, progress=progress)
 
 
 def report(run_dir: Path, out: Path | None = None, prompts_shown: int = 6) -> ReportResult:

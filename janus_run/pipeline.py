@@ -1,4 +1,4 @@
-"""`janus run`: synth -> score -> filter -> sft -> rl from one config, resumable stage by stage.
+"""`janus run`: synth -> score -> filter -> sft -> rl -> eval from one config, resumable stage by stage.
 
 Each stage is already resumable on its own (it does only the missing work). The chain adds:
 
@@ -14,12 +14,14 @@ Each stage is already resumable on its own (it does only the missing work). The 
   (`resume.set_aside`: `checkpoints/<stage>.stale-<fingerprint or date-time>`) and they train
   afresh. To train longer with the same inputs, raise `sft|rl.max_steps` or use
   `janus train sft|rl --max-steps N`;
+- the eval stage's results (`<run>/eval/`) are set aside the same way when it finished before
+  with other inputs (a retrained checkpoint, other eval settings), so nothing stale is reported;
 - the first failure stops the chain with one line naming the stage and the command that
   resumes it. Completed stages stay recorded.
 
 It runs in one process: the stages' own commands are the way to spread a stage over a
 cluster (docs/scaling.md). A prompt file is checked before anything is written; each stage's
-inputs are checked before its libraries are imported (`janus_train.stages`).
+inputs are checked before its libraries are imported (`janus_run.stages`).
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from typing import Any
 
 from janus_data.config import JanusRunConfig, to_dict
 from janus_data.errors import ConfigError, JanusError, one_line
+from janus_data.eval_results import EVAL_DIR
 from janus_data.manifest import atomic_write
 from janus_data.prompts import check_prompt_file
 from janus_data.rundir import CKPT_DIRS, save_run_config
-from janus_train import stages
+from janus_run import stages
+from janus_run.stages import STAGES
 from janus_train.resume import is_stale, set_aside
-from janus_train.stages import STAGES
 
 RECORD_DIR = "pipeline"
 # The config each stage's output depends on, beyond its own section.
@@ -49,6 +52,8 @@ _DEPENDS = {
     "filter": ("synth.janus.model",),
     "sft": ("synth.janus.model",),
     "rl": ("score", "synth.janus.model"),
+    # eval draws with synth's sampling, judges with the score section and passes at filter.threshold
+    "eval": ("synth.janus", "score", "filter.threshold"),
 }
 
 
@@ -145,6 +150,7 @@ def run_pipeline(
         "filter": lambda: stages.filter_(run_dir, cfg, progress=progress),
         "sft": lambda: stages.sft(run_dir, cfg, progress=progress),
         "rl": lambda: stages.rl(run_dir, cfg, progress=progress),
+        "eval": lambda: stages.eval_(run_dir, cfg, progress=progress),
     }
     outcomes = []
     upstream = ""
@@ -164,6 +170,8 @@ def run_pipeline(
             try:
                 if stage in CKPT_DIRS:
                     _set_aside_stale(run_dir / CKPT_DIRS[stage], stage, cfg, record)
+                elif stage == "eval" and record is not None:  # measured other checkpoints or settings before
+                    set_aside(run_dir / EVAL_DIR, record["fingerprint"])
                 result = runners[stage]()
             except Exception as err:  # KeyboardInterrupt passes: the CLI says how to resume
                 message, hint = (err.message, err.hint) if isinstance(err, JanusError) else (one_line(err), "")

@@ -1,0 +1,52 @@
+"""The image-editing section (docs/edit.md): edit sources, the diffusion editor, the edit reward.
+
+Frozen dataclasses with a docstring under each field (rendered into docs/configuration.md by
+`janus_data.config_doc`); `janus_data.config` re-exports every name. Janus-Pro edits sample with
+`synth.janus`'s settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class KontextGenConfig:
+    """FLUX.1 Kontext instruction edits through diffusers' FluxKontextPipeline."""
+
+    model: str = "black-forest-labs/FLUX.1-Kontext-dev"
+    """Checkpoint: a local diffusers directory, a hub id, or 'tiny:kontext'."""
+    num_inference_steps: int = 28
+    """Denoising steps."""
+    guidance_scale: float = 2.5
+    """Kontext's distilled guidance (the value of diffusers' Kontext example)."""
+    max_sequence_length: int = 512
+    """T5 instruction length."""
+    max_area: int = 1024 * 1024
+    """Pixels of an edit when auto_resize is off (the source's aspect ratio is kept)."""
+    auto_resize: bool = True
+    """Draw at the Kontext training resolution nearest the source's aspect ratio."""
+    batch_size: int = 4
+    """Edits per pipeline call."""
+    fuse_qkv: bool = False
+    """Fuse each attention's q, k, v projections into one GEMM (diffusers' fuse_qkv_projections)."""
+    compile: bool = False
+    """torch.compile the transformer's repeated blocks (the first call at a new size pays the compile)."""
+    channels_last_vae: bool = False
+    """Run the VAE's convolutions in channels-last layout."""
+    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
+    """PyTorch attention kernel to force ('auto': PyTorch chooses)."""
+
+
+@dataclass(frozen=True)
+class EditConfig:
+    """Instruction-based image editing: sources, candidate edits, the judge's edit reward."""
+
+    reward_flw: float = 1.0
+    """Weight of R_flw (the judge's 'follows the instruction' yes-probability) in the edit reward R; the paper's 1.0."""
+    reward_psv: float = 0.25
+    """Weight of R_psv (the judge's 'unrelated area preserved' yes-probability) in R; the paper's 0.25."""
+    skip_bad_images: bool = False
+    """Drop edit-source rows whose images cannot be read, counting them, instead of stopping at the first."""
+    kontext: KontextGenConfig = field(default_factory=KontextGenConfig)
