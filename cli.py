@@ -60,6 +60,7 @@ app.add_typer(eval_app, name="eval")
 app.command("generate")(generate)
 
 STAGE_HELP = f"{', '.join(STAGES[:-1])} or {STAGES[-1]}"
+TaskOpt = Annotated[str, typer.Option(help="t2i (text-to-image candidates) or edit (instruction edits, docs/edit.md).")]
 
 
 @data_app.command("synth")
@@ -69,6 +70,13 @@ def synth(
     prompts: Annotated[
         Path | None,
         typer.Option(help="Prompt file: .jsonl, .txt, .parquet, .csv or a saved `datasets` directory."),
+    ] = None,
+    task: TaskOpt = "t2i",
+    edits: Annotated[
+        Path | None,
+        typer.Option(
+            help="Edit source for --task edit: .jsonl, .parquet, .tar (or a folder of them), a `datasets` dir."
+        ),
     ] = None,
     config: ConfigOpt = "paper",
     images_per_prompt: Annotated[int | None, typer.Option(help="Candidates per prompt [preset: 18].")] = None,
@@ -83,6 +91,7 @@ def synth(
     """Generate each prompt's candidate images with FLUX and Janus-Pro (resumable, shardable).
 
     Example: janus data synth --prompts janus_data/assets/demo_prompts.jsonl --run runs/demo --config tiny
+    Edits: janus data synth --task edit --edits edits.jsonl --run runs/demo --config tiny
     """
     quiet_libraries()
     from janus_data.config import load_config
@@ -91,7 +100,8 @@ def synth(
 
     flags = {"images_per_prompt": images_per_prompt, "flux_share": flux_share, "image_size": image_size}
     cfg = load_config(config, section("synth", **flags, image_format=image_format, seed=seed))
-    result = stages.synth(run, cfg, prompts, resolve_shard(rank, world_size), progress=bars(progress))
+    shard = resolve_shard(rank, world_size)
+    result = stages.synth(run, cfg, prompts, shard, progress=bars(progress), task=task, edits=edits)
     show_stage("synth", result)
 
 
@@ -99,6 +109,7 @@ def synth(
 @user_errors
 def score(
     run: RunOpt,
+    task: TaskOpt = "t2i",
     config: RunConfigOpt = None,
     backend: Annotated[str | None, typer.Option(help="hf (in process) or lmdeploy (judge servers).")] = None,
     endpoint: Annotated[
@@ -121,6 +132,7 @@ def score(
     """Give every image of the run a consistency score S and a short reason (resumable, shardable).
 
     Example: janus data score --run runs/r1 --endpoint http://gpu1:23333 --endpoint http://gpu2:23333
+    Edits (S_flw, S_psv, R): janus data score --task edit --run runs/r1
     """
     quiet_libraries()
     from janus_data.dist import resolve_shard
@@ -132,7 +144,8 @@ def score(
     if endpoint:
         flags |= {"endpoints": list(endpoint), "backend": backend or "lmdeploy"}
     cfg = load_run_config(run, config, section("score", **flags))
-    show_stage("score", stages.score(run, cfg, resolve_shard(rank, world_size), progress=bars(progress)))
+    shard = resolve_shard(rank, world_size)
+    show_stage("score", stages.score(run, cfg, shard, progress=bars(progress), task=task))
 
 
 @data_app.command("filter")

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from janus_data.errors import RunDirError
-from janus_data.manifest import IMAGES_KIND, PROMPTS_KIND, SCORES_KIND, manifest_dir, part_files
+from janus_data.manifest import (
+    EDIT_IMAGES_KIND,
+    EDITS_KIND,
+    IMAGES_KIND,
+    PROMPTS_KIND,
+    SCORES_KIND,
+    manifest_dir,
+    part_files,
+)
 from janus_data.prompts import check_prompt_file
 from janus_data.rundir import SFT_DIR, STATE_FILE
 
@@ -18,6 +26,21 @@ def require_images(run_dir: Path) -> None:
     """`janus data score`'s input: the run's image manifest."""
     if not manifest_dir(run_dir, IMAGES_KIND).exists():
         raise RunDirError(f"run {run_dir} has no image manifest", hint="run `janus data synth` on it first")
+
+
+def require_edits(run_dir: Path) -> None:
+    """`janus data synth --task edit` without --edits: the run's edits manifest."""
+    if not part_files(run_dir, EDITS_KIND):
+        raise RunDirError(f"run {run_dir} has no edits", hint="pass an edit source with --edits FILE")
+
+
+def require_edit_images(run_dir: Path) -> None:
+    """`janus data score --task edit`'s input: the run's candidate edits."""
+    if not part_files(run_dir, EDIT_IMAGES_KIND):
+        raise RunDirError(
+            f"run {run_dir} has no edit image manifest",
+            hint="run `janus data synth --task edit --edits FILE` on it first",
+        )
 
 
 def require_manifests(run_dir: Path) -> None:

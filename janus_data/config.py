@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from janus_data.config_edit import EditConfig, KontextGenConfig
+from janus_data.config_edit import EDIT_GENERATORS, EditConfig, KontextGenConfig, edit_split_counts
 from janus_data.config_eval import EVAL_CHECKPOINTS, EvalConfig
 from janus_data.config_load import (
     DEMO_PROMPTS,
@@ -84,6 +84,7 @@ def with_overrides(cfg: JanusRunConfig, overrides: dict[str, Any]) -> JanusRunCo
 
 __all__ = [
     "DEMO_PROMPTS",
+    "EDIT_GENERATORS",
     "EVAL_CHECKPOINTS",
     "GENERATORS",
     "GENEVAL_DEMO",
@@ -104,6 +105,7 @@ __all__ = [
     "check_rl_logps",
     "deep_merge",
     "demo_prompts_path",
+    "edit_split_counts",
     "from_dict",
     "load_config",
     "preset_names",

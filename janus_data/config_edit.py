@@ -43,6 +43,12 @@ class KontextGenConfig:
 class EditConfig:
     """Instruction-based image editing: sources, candidate edits, the judge's edit reward."""
 
+    images_per_source: int = 8
+    """Candidate edits per edit source (`janus data synth --task edit`), split between the generators by kontext_share."""
+    kontext_share: float = 0.5
+    """Share of a source's candidates drawn by FLUX.1 Kontext (round(n * share)); Janus-Pro draws the rest."""
+    generators: tuple[str, ...] = ("kontext", "janus")
+    """Editors that draw candidates: 'kontext', 'janus' or both (one alone draws all images_per_source)."""
     reward_flw: float = 1.0
     """Weight of R_flw (the judge's 'follows the instruction' yes-probability) in the edit reward R; the paper's 1.0."""
     reward_psv: float = 0.25
@@ -50,3 +56,19 @@ class EditConfig:
     skip_bad_images: bool = False
     """Drop edit-source rows whose images cannot be read, counting them, instead of stopping at the first."""
     kontext: KontextGenConfig = field(default_factory=KontextGenConfig)
+
+
+EDIT_GENERATORS = ("kontext", "janus")
+
+
+def edit_split_counts(cfg: EditConfig) -> dict[str, int]:
+    """Candidate edits per source for each enabled editor: kontext gets round(n * kontext_share).
+
+    >>> edit_split_counts(EditConfig(images_per_source=8, kontext_share=0.25))
+    {'kontext': 2, 'janus': 6}
+    """
+    n = cfg.images_per_source
+    if len(set(cfg.generators)) == 1:
+        return {cfg.generators[0]: n}
+    n_kontext = round(n * cfg.kontext_share)
+    return {"kontext": n_kontext, "janus": n - n_kontext}

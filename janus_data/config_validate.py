@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from janus_data.config_edit import EDIT_GENERATORS
 from janus_data.config_eval import EVAL_CHECKPOINTS
 from janus_data.config_stages import GENERATORS
 from janus_data.errors import ConfigError
@@ -123,6 +124,13 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError(
             "edit.reward_flw and reward_psv must be >= 0 with a positive sum", hint="the paper: 1.0 and 0.25"
         )
+    bad = [g for g in d.generators if g not in EDIT_GENERATORS]
+    if bad or not d.generators or len(set(d.generators)) != len(d.generators):
+        raise ConfigError(
+            f"edit.generators must be distinct names from {list(EDIT_GENERATORS)}, got {list(d.generators)}"
+        )
+    if d.images_per_source < 1 or not 0.0 <= d.kontext_share <= 1.0:
+        raise ConfigError("edit.images_per_source must be >= 1 and edit.kontext_share in [0, 1]")
     k = d.kontext
     if min(k.num_inference_steps, k.max_sequence_length, k.batch_size) < 1 or k.max_area < 256:
         raise ConfigError(

@@ -23,6 +23,9 @@ PROMPTS_KIND = "prompts"  # janus_data.prompts
 IMAGES_KIND = "images"  # janus data synth
 SCORES_KIND = "scores"  # janus data score
 SAMPLES_KIND = "samples"  # janus data filter
+EDITS_KIND = "edits"  # janus data synth --task edit: the edit sources (janus_data.edit_manifest)
+EDIT_IMAGES_KIND = "edit_images"  # janus data synth --task edit: the candidate edits
+EDIT_SCORES_KIND = "edit_scores"  # janus data score --task edit
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:

@@ -85,6 +85,7 @@ class ScoreResult:
     judge_seconds: float = 0.0
     by_generator: pl.DataFrame = field(default_factory=pl.DataFrame)
     histogram: pl.DataFrame = field(default_factory=pl.DataFrame)
+    task: str = "t2i"
 
     @property
     def images_per_s(self) -> float:
@@ -115,22 +116,31 @@ def plan_scores(run_dir: Path, shard: Shard) -> pl.DataFrame:
     )
 
 
-def scored_image_ids(run_dir: Path, retry: set[str] = frozenset()) -> pl.DataFrame:
+def scored_image_ids(run_dir: Path, retry: set[str] = frozenset(), kind: str = SCORES_KIND) -> pl.DataFrame:
     """image_id of every image that already has a score row (any rank, any status), but those in `retry`."""
-    ids = scan_manifest(run_dir, SCORES_KIND, SCORE_SCHEMA).select("image_id").unique().collect()
+    ids = scan_manifest(run_dir, kind, SCORE_SCHEMA).select("image_id").unique().collect()
     return ids.filter(~pl.col("image_id").is_in(list(retry))) if retry else ids
 
 
-def error_rows(run_dir: Path, rank: int, mine: set[str]) -> dict[Path, set[str]]:
+def error_rows(run_dir: Path, rank: int, mine: set[str], kind: str = SCORES_KIND) -> dict[Path, set[str]]:
     """The error rows of `mine` in this rank's parts: {part: image_ids}."""
     found: dict[Path, set[str]] = {}
-    root = manifest_dir(run_dir, SCORES_KIND) / rank_dir(rank)
+    root = manifest_dir(run_dir, kind) / rank_dir(rank)
     for part in sorted(root.glob("*.parquet")) if root.exists() else []:
         ids = pl.read_parquet(part, columns=["image_id", "status"]).filter(pl.col("status") == "error")["image_id"]
         stale = set(ids) & mine
         if stale:
             found[part] = stale
     return found
+
+
+def remaining(
+    run_dir: Path, plan: pl.DataFrame, rank: int, retry_errors: bool, kind: str = SCORES_KIND
+) -> tuple[pl.DataFrame, dict[Path, set[str]]]:
+    """The planned images with no score row yet (their error rows too, under `retry_errors`) and those error rows."""
+    stale = error_rows(run_dir, rank, set(plan["image_id"]), kind) if retry_errors else {}
+    retry = set().union(*stale.values()) if stale else set()
+    return plan.join(scored_image_ids(run_dir, retry, kind), on="image_id", how="anti"), stale
 
 
 def drop_rows(parts: dict[Path, set[str]], key: str = "image_id") -> None:
@@ -177,9 +187,7 @@ def batches(todo: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
         yield todo.slice(start, size)
 
 
-def prefetched(
-    chunks: list[pl.DataFrame], load: Callable[[pl.DataFrame], list[LoadedImage]]
-) -> Iterator[tuple[pl.DataFrame, list[LoadedImage]]]:
+def prefetched(chunks: list[pl.DataFrame], load: Callable[[pl.DataFrame], list]) -> Iterator[tuple[pl.DataFrame, list]]:
     """Each chunk with its loaded images; the next chunk is read in a background thread while the caller judges."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="score-io") as io_pool:
         pending: Future | None = io_pool.submit(load, chunks[0]) if chunks else None
@@ -203,9 +211,14 @@ def judge_readable(
     try:
         results = judge.score([prompts[i] for i in ok], [loaded[i].data for i in ok]) if ok else []
     except JanusError as err:
-        err.hint = f"{err.hint}; {kept}: rerun the same command to resume" if err.hint else kept
-        raise
+        raise with_resume_hint(err, kept) from None
     return dict(zip(ok, results, strict=True)), time.perf_counter() - t0
+
+
+def with_resume_hint(err: JanusError, kept: str) -> JanusError:
+    """A judge failure's hint gains what is already scored and how to resume."""
+    err.hint = f"{err.hint}; {kept}: rerun the same command to resume" if err.hint else kept
+    return err
 
 
 def result_status(result: JudgeResult) -> str:
@@ -248,9 +261,9 @@ def score_rows(
     return pl.DataFrame(rows, schema=SCORE_SCHEMA)
 
 
-def write_scores(run_dir: Path, df: pl.DataFrame, rank: int) -> Path:
+def write_scores(run_dir: Path, df: pl.DataFrame, rank: int, kind: str = SCORES_KIND) -> Path:
     """One batch's part, named after its images so a rerun of the same batch cannot double it."""
-    return write_parquet_atomic(df, part_path(manifest_dir(run_dir, SCORES_KIND) / rank_dir(rank), df["image_id"]))
+    return write_parquet_atomic(df, part_path(manifest_dir(run_dir, kind) / rank_dir(rank), df["image_id"]))
 
 
 def score_stats(run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -295,10 +308,9 @@ def run_score(
     clean_temp_files(manifest_dir(run_dir, SCORES_KIND))
     result = ScoreResult(run_dir, shard, retry_errors=cfg.score.retry_errors)
     plan = plan_scores(run_dir, shard)
-    stale = error_rows(run_dir, shard.rank, set(plan["image_id"])) if cfg.score.retry_errors else {}
-    retry = set().union(*stale.values()) if stale else set()
-    todo = plan.join(scored_image_ids(run_dir, retry), on="image_id", how="anti")
-    result.planned, result.existing, result.retried = plan.height, plan.height - todo.height, len(retry)
+    todo, stale = remaining(run_dir, plan, shard.rank, cfg.score.retry_errors)
+    result.planned, result.existing = plan.height, plan.height - todo.height
+    result.retried = len(set().union(*stale.values()))
     if todo.height:
         if judge is None:
             check_judge(cfg)  # a missing checkpoint, a dead or misconfigured server fails here, in seconds
@@ -322,17 +334,38 @@ def _score_batches(
     result: ScoreResult,
 ) -> None:
     """Judge `todo` batch by batch, reading the next batch's bytes while the judge works."""
-    chunks = list(batches(todo, cfg.score.batch_size))
+
+    def judge_rows(batch: pl.DataFrame, loaded: list[LoadedImage], kept: str) -> tuple[pl.DataFrame, int, float]:
+        judged, dt = judge_readable(judge, batch["prompt"].to_list(), loaded, kept)
+        return score_rows(batch, loaded, judged, result.judge or "", dt, shard.rank), len(judged), dt
+
+    load = functools.partial(load_batch, run_dir)
+    score_loop(run_dir, cfg.score.batch_size, shard.rank, progress, todo, result, load, judge_rows)
+
+
+def score_loop(
+    run_dir: Path,
+    batch_size: int,
+    rank: int,
+    progress: bool | None,
+    todo: pl.DataFrame,
+    result: ScoreResult,
+    load: Callable[[pl.DataFrame], list],
+    judge_rows: Callable[[pl.DataFrame, list, str], tuple[pl.DataFrame, int, float]],
+    kind: str = SCORES_KIND,
+) -> None:
+    """Batches of `todo`: `load` (in a background thread, one batch ahead), `judge_rows` -> (rows, judged,
+    seconds), each batch's rows one part of manifest `kind`; `result` counts them."""
+    chunks = list(batches(todo, batch_size))
     with stage_progress(progress) as bars:
         task = bars.add_task("score", total=todo.height, unit="img")
-        for batch, loaded in prefetched(chunks, functools.partial(load_batch, run_dir)):
+        for batch, loaded in prefetched(chunks, load):
             done = result.existing + result.written
             kept = f"{done:,} of {result.planned:,} images of this rank are scored and kept"
-            judged, dt = judge_readable(judge, batch["prompt"].to_list(), loaded, kept)
-            df = score_rows(batch, loaded, judged, result.judge or "", dt, shard.rank)
-            write_scores(run_dir, df, shard.rank)
+            df, judged, dt = judge_rows(batch, loaded, kept)
+            write_scores(run_dir, df, rank, kind)
             result.written += df.height
-            result.judged += len(judged)
+            result.judged += judged
             result.errors += int((df["status"] == "error").sum())
             result.flagged += int((df["status"] == "flagged").sum())
             result.judge_seconds += dt

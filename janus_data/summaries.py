@@ -6,7 +6,14 @@ from rich import box
 from rich.table import Table
 
 from janus_data.filter import FilterResult
-from janus_data.manifest import IMAGES_KIND, SAMPLES_KIND, SCORES_KIND, manifest_dir
+from janus_data.manifest import (
+    EDIT_IMAGES_KIND,
+    EDIT_SCORES_KIND,
+    IMAGES_KIND,
+    SAMPLES_KIND,
+    SCORES_KIND,
+    manifest_dir,
+)
 from janus_data.score import THRESHOLDS, ScoreResult
 from janus_data.synth import SynthResult
 
@@ -14,7 +21,9 @@ from janus_data.synth import SynthResult
 def synth_table(result: SynthResult) -> Table:
     """Per generator: planned, already present, generated now, time and throughput."""
     shard = result.shard
-    title = f"janus data synth — rank {shard.rank}/{shard.world_size}, {result.n_prompts} prompts in run"
+    edit = result.task == "edit"
+    what = f"{result.n_prompts} edits" if edit else f"{result.n_prompts} prompts"
+    title = f"janus data synth{' --task edit' if edit else ''} — rank {shard.rank}/{shard.world_size}, {what} in run"
     table = Table(title=title, title_justify="left")
     for col in ("generator", "planned", "existing", "generated", "seconds", "img/s", "s/img"):
         table.add_column(col, justify="left" if col == "generator" else "right")
@@ -32,7 +41,8 @@ def synth_table(result: SynthResult) -> Table:
     done = sum(g.existing + g.generated for g in result.generators.values())
     table.caption = (
         f"{done:,}/{total:,} images complete for this rank · wall {result.seconds:.1f} s\n"
-        f"images: {result.run_dir / 'images'}  manifest: {manifest_dir(result.run_dir, IMAGES_KIND)}"
+        f"images: {result.run_dir / 'images'}  "
+        f"manifest: {manifest_dir(result.run_dir, EDIT_IMAGES_KIND if edit else IMAGES_KIND)}"
     )
     table.caption_justify = "left"
     return table
@@ -42,6 +52,14 @@ def synth_headline(result: SynthResult) -> str:
     """One line: what happened."""
     ps = result.prompt_stats
     parts = []
+    es = getattr(result, "edit_stats", None)
+    if es is not None:
+        bad = f", {es.bad_images_skipped:,} with bad images skipped" if es.bad_images_skipped else ""
+        parts.append(
+            f"edits: {es.rows_read:,} read, {es.empty_dropped:,} empty dropped{bad}, "
+            f"{es.duplicates_merged:,} duplicates merged, {es.unique:,} unique ({es.with_reference:,} with a "
+            f"reference), {result.new_edits:,} new to the run"
+        )
     if ps is not None:
         parts.append(
             f"prompts: {ps.rows_read:,} read, {ps.empty_dropped:,} empty dropped, "
@@ -82,6 +100,37 @@ def score_table(result: ScoreResult) -> Table:
         f"{result.errors:,} errors, {result.flagged:,} flagged{retried}), {result.existing:,}/{result.planned:,} "
         f"already scored · wall {result.seconds:.1f} s\n"
         f"manifest: {manifest_dir(result.run_dir, SCORES_KIND)}"
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def edit_score_table(result: ScoreResult) -> Table:
+    """Per editor over the whole run: candidate edits, flagged and error rows, mean S_flw, S_psv and R."""
+    shard = result.shard
+    title = f"janus data score --task edit — rank {shard.rank}/{shard.world_size}" + (
+        f", judge {result.judge}" if result.judge else ""
+    )
+    table = Table(title=title, title_justify="left", box=box.SIMPLE)
+    for col in ("generator", "edits", "flagged", "errors", "mean S_flw", "mean S_psv", "mean R"):
+        table.add_column(col, justify="left" if col == "generator" else "right", no_wrap=True, min_width=5)
+    for row in result.by_generator.iter_rows(named=True):
+        means = [row[k] for k in ("mean_flw", "mean_psv", "mean_reward")]
+        table.add_row(
+            row["generator"],
+            f"{row['images']:,}",
+            f"{row['flagged']:,}",
+            f"{row['errors']:,}",
+            *["-" if m is None else f"{m:.3f}" for m in means],
+        )
+    rate = f"{result.images_per_s:.2f} edits/s" if result.judged else "-"
+    retried = f", {result.retried:,} error rows of earlier runs judged again" if result.retried else ""
+    table.caption = (
+        f"this call: {result.written:,} rows written ({result.judged:,} judged at {rate}, "
+        f"{result.errors:,} errors, {result.flagged:,} flagged{retried}), {result.existing:,}/{result.planned:,} "
+        f"already scored · wall {result.seconds:.1f} s\n"
+        f"R = edit.reward_flw * S_flw + edit.reward_psv * S_psv · manifest: "
+        f"{manifest_dir(result.run_dir, EDIT_SCORES_KIND)}"
     )
     table.caption_justify = "left"
     return table

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -76,6 +76,22 @@ class ImageGenerator(Protocol):
     def params(self) -> dict: ...
 
 
+@dataclass(frozen=True)
+class ImageStore:
+    """Where a task's images go: their manifest kind, and each generator's shards under images/<prefix><generator>/."""
+
+    kind: str = IMAGES_KIND
+    prefix: str = ""
+    label: str = "synth"
+
+    def shard_dir(self, generator: str, rank: int) -> str:
+        """A (generator, rank)'s shard folder, relative to the run."""
+        return f"images/{self.prefix}{generator}/{rank_dir(rank)}"
+
+
+T2I_STORE = ImageStore()
+
+
 @dataclass
 class GeneratorStats:
     """Counts and time for one generator in one synth call."""
@@ -101,6 +117,7 @@ class SynthResult:
     generators: dict[str, GeneratorStats] = field(default_factory=dict)
     shards_repaired: int = 0
     seconds: float = 0.0
+    task: str = "t2i"
 
     @property
     def generated(self) -> int:
@@ -109,48 +126,50 @@ class SynthResult:
 
 def plan_images(prompts: pl.DataFrame, cfg: SynthConfig, shard: Shard) -> pl.DataFrame:
     """Every image this rank owns: image_id, prompt_id, prompt, generator, index, seed."""
-    counts = split_counts(cfg)
+    return plan_items(prompts["prompt_id"], prompts["prompt"], split_counts(cfg), cfg.generators, cfg.seed, shard)
+
+
+def plan_items(
+    ids: Iterable[str],
+    texts: Iterable[str],
+    counts: dict[str, int],
+    generators: tuple[str, ...],
+    seed: int,
+    shard: Shard,
+) -> pl.DataFrame:
+    """(id, generator, index) items of the ids this rank owns, with their image ids, texts and derived seeds."""
     rows: dict[str, list] = {k: [] for k in ("image_id", "prompt_id", "prompt", "generator", "index", "seed")}
-    for pid, text in zip(prompts["prompt_id"], prompts["prompt"], strict=True):
+    for pid, text in zip(ids, texts, strict=True):
         if shard_of(pid, shard.world_size) != shard.rank:
             continue
-        for gen in cfg.generators:
+        for gen in generators:
             for i in range(counts.get(gen, 0)):
                 rows["image_id"].append(image_id_for(pid, gen, i))
                 rows["prompt_id"].append(pid)
                 rows["prompt"].append(text)
                 rows["generator"].append(gen)
                 rows["index"].append(i)
-                rows["seed"].append(derive_seed(cfg.seed, pid, gen, i))
-    return pl.DataFrame(
-        rows,
-        schema={
-            "image_id": pl.Utf8,
-            "prompt_id": pl.Utf8,
-            "prompt": pl.Utf8,
-            "generator": pl.Utf8,
-            "index": pl.Int32,
-            "seed": pl.Int64,
-        },
-    )
+                rows["seed"].append(derive_seed(seed, pid, gen, i))
+    schema = {"image_id": pl.Utf8, "prompt_id": pl.Utf8, "prompt": pl.Utf8, "generator": pl.Utf8}
+    return pl.DataFrame(rows, schema={**schema, "index": pl.Int32, "seed": pl.Int64})
 
 
-def existing_image_ids(run_dir: Path) -> pl.DataFrame:
+def existing_image_ids(run_dir: Path, kind: str = IMAGES_KIND) -> pl.DataFrame:
     """image_id of every image already in the manifest (any rank, any earlier world size)."""
-    return scan_manifest(run_dir, IMAGES_KIND, IMAGE_SCHEMA).select("image_id").unique().collect()
+    return scan_manifest(run_dir, kind, IMAGE_SCHEMA).select("image_id").unique().collect()
 
 
-def repair_rank_shards(run_dir: Path, generators: tuple[str, ...], rank: int) -> int:
+def repair_rank_shards(run_dir: Path, generators: tuple[str, ...], rank: int, store: ImageStore = T2I_STORE) -> int:
     """Cut this rank's shards back to what the manifest references (a kill mid-batch) and seal them."""
     extents = dict(
-        scan_manifest(run_dir, IMAGES_KIND, IMAGE_SCHEMA)
+        scan_manifest(run_dir, store.kind, IMAGE_SCHEMA)
         .filter(pl.col("rank") == rank)
         .group_by("shard")
         .agg((pl.col("offset") + pl.col("length")).max().alias("end"))
         .collect()
         .iter_rows()
     )
-    return sum(repair_shards(run_dir, f"images/{gen}/{rank_dir(rank)}", extents) for gen in generators)
+    return sum(repair_shards(run_dir, store.shard_dir(gen, rank), extents) for gen in generators)
 
 
 def batches(todo: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
@@ -168,6 +187,7 @@ def write_batch(
     images: list[Image.Image],
     seconds: float,
     rank: int,
+    store: ImageStore = T2I_STORE,
 ) -> None:
     """Store one batch: bytes appended and fsynced first, then its manifest part (its presence means done)."""
     ids = batch["image_id"].to_list()
@@ -199,7 +219,7 @@ def write_batch(
         },
         schema=IMAGE_SCHEMA,
     )
-    write_parquet_atomic(df, manifest_dir(run_dir, IMAGES_KIND) / gen.name / rank_dir(rank) / f"{part}.parquet")
+    write_parquet_atomic(df, manifest_dir(run_dir, store.kind) / gen.name / rank_dir(rank) / f"{part}.parquet")
 
 
 def generator_factories(cfg: JanusRunConfig) -> dict[str, Callable[[], ImageGenerator]]:
@@ -253,8 +273,35 @@ def run_synth(
         factories = generator_factories(cfg)
     save_run_config(run_dir, cfg)
     batch_sizes = {"flux": scfg.flux.batch_size, "janus": scfg.janus.batch_size}
+
+    def draw(gen: ImageGenerator, batch: pl.DataFrame) -> list[Image.Image]:
+        return gen.generate(batch["prompt"].to_list(), batch["seed"].to_list())
+
+    draw_missing(run_dir, scfg, scfg.generators, plan, todo, factories, batch_sizes, draw, result, progress)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def draw_missing(
+    run_dir: Path,
+    scfg: SynthConfig,
+    generators: tuple[str, ...],
+    plan: pl.DataFrame,
+    todo: pl.DataFrame,
+    factories: dict[str, Callable[[], object]],
+    batch_sizes: dict[str, int],
+    draw: Callable[[object, pl.DataFrame], list[Image.Image]],
+    result: SynthResult,
+    progress: bool | None,
+    store: ImageStore = T2I_STORE,
+) -> None:
+    """Draw `todo` generator by generator in batches (`draw(gen, batch)`), storing each batch as it lands.
+
+    A generator with nothing left is never built; `result.generators` gains each one's counts.
+    """
+    rank = result.shard.rank
     with stage_progress(progress) as bars:
-        for name in scfg.generators:
+        for name in generators:
             stats = result.generators[name] = GeneratorStats()
             stats.planned = int((plan["generator"] == name).sum())
             mine = todo.filter(pl.col("generator") == name)
@@ -262,19 +309,16 @@ def run_synth(
             if mine.height == 0:
                 continue
             gen = factories[name]()
-            task = bars.add_task(f"synth {name}", total=mine.height, unit="img")
-            shard_dir = f"images/{name}/{rank_dir(shard.rank)}"
-            with ShardWriter(run_dir, shard_dir, scfg.shard_images) as writer:
+            task = bars.add_task(f"{store.label} {name}", total=mine.height, unit="img")
+            with ShardWriter(run_dir, store.shard_dir(name, rank), scfg.shard_images) as writer:
                 for batch in batches(mine, batch_sizes[name]):
                     t0 = time.perf_counter()
-                    images = gen.generate(batch["prompt"].to_list(), batch["seed"].to_list())
+                    images = draw(gen, batch)
                     dt = time.perf_counter() - t0
-                    write_batch(run_dir, scfg, gen, writer, batch, images, dt, shard.rank)
+                    write_batch(run_dir, scfg, gen, writer, batch, images, dt, rank, store)
                     stats.generated += batch.height
                     stats.seconds += dt
                     bars.advance(task, batch.height)
             del gen
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # the next generator gets the whole GPU
-    result.seconds = time.perf_counter() - start
-    return result

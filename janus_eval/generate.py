@@ -122,12 +122,13 @@ def prompt_frame(texts: list[str], source: str = "--prompt") -> pl.DataFrame:
     return pl.DataFrame(data, schema=prompt_schema())
 
 
-def plan_chains(prompts: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
-    """Every chain: the prompt's columns, sample 0..n-1, its seed; in prompt order, then sample."""
+def plan_chains(prompts: pl.DataFrame, n: int, seed: int, stream: str = SEED_STREAM) -> pl.DataFrame:
+    """Every chain: the prompt's columns, sample 0..n-1, its seed (derive_seed(seed, prompt_id, stream,
+    sample)); in prompt order, then sample."""
     base = prompts.select("prompt_id", "prompt", "tags", "metadata").with_row_index("order")
     samples = pl.DataFrame({"sample": list(range(n))}, schema={"sample": pl.Int32})
     plan = base.join(samples, how="cross").sort("order", "sample")
-    seeds = [derive_seed(seed, p, SEED_STREAM, s) for p, s in zip(plan["prompt_id"], plan["sample"], strict=True)]
+    seeds = [derive_seed(seed, p, stream, s) for p, s in zip(plan["prompt_id"], plan["sample"], strict=True)]
     return plan.with_columns(pl.Series("seed", seeds, dtype=pl.Int64))
 
 

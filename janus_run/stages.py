@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from janus_data.checks import (
+    require_edit_images,
+    require_edits,
     require_images,
     require_manifests,
     require_report_inputs,
@@ -22,6 +24,8 @@ from janus_data.checks import (
 )
 from janus_data.config import JanusRunConfig
 from janus_data.dist import Shard
+from janus_data.edit_sources import check_edit_source
+from janus_data.errors import ConfigError
 from janus_data.manifest import ensure_writable
 from janus_data.prompts import check_prompt_file, require_prompts
 from janus_data.rundir import CKPT_DIRS
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
     from janus_train.sft import SFTResult
 
 STAGES = ("synth", "score", "filter", "sft", "rl", "eval")
+DATA_TASKS = ("t2i", "edit")  # `janus data synth|score --task`: text-to-image, or instruction edits (docs/edit.md)
 # What each stage writes, relative to the run directory.
 STAGE_OUTPUTS = {
     "synth": "manifests/images, images/",
@@ -53,8 +58,14 @@ def synth(
     prompts: Path | None = None,
     shard: Shard = Shard(),
     progress: bool | None = None,
+    task: str = "t2i",
+    edits: Path | None = None,
 ) -> SynthResult:
     """`janus data synth`: the prompt file (else the run's prompts) and the run directory, then the stage."""
+    if _task(task) == "edit":
+        return synth_edits(run_dir, cfg, edits, shard, progress, prompts=prompts)
+    if edits is not None:
+        raise ConfigError("--edits is an edit source for --task edit", hint="add --task edit, or pass --prompts")
     if prompts is not None:
         check_prompt_file(prompts)
     else:
@@ -65,8 +76,47 @@ def synth(
     return run_synth(run_dir, cfg, prompts, shard, progress=progress)
 
 
-def score(run_dir: Path, cfg: JanusRunConfig, shard: Shard = Shard(), progress: bool | None = None) -> ScoreResult:
-    """`janus data score`: the run's image manifest, then the stage."""
+def synth_edits(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    edits: Path | None = None,
+    shard: Shard = Shard(),
+    progress: bool | None = None,
+    prompts: Path | None = None,
+) -> SynthResult:
+    """`janus data synth --task edit`: the edit source (else the run's edits), read and decoded before torch loads."""
+    if prompts is not None:
+        raise ConfigError("--prompts is a prompt file for --task t2i", hint="pass the edit source with --edits FILE")
+    if edits is not None:
+        check_edit_source(edits)
+    else:
+        require_edits(run_dir)
+    ensure_writable(run_dir)
+    loaded = None
+    if edits is not None:
+        from janus_data.edit_sources import load_edits  # polars and PIL: an undecodable image fails before torch
+
+        loaded = load_edits(edits, skip_bad_images=cfg.edit.skip_bad_images)
+    from janus_data.edit_synth import run_edit_synth
+
+    return run_edit_synth(run_dir, cfg, edits, shard, progress=progress, loaded=loaded)
+
+
+def _task(task: str) -> str:
+    if task not in DATA_TASKS:
+        raise ConfigError(f"--task must be one of {', '.join(DATA_TASKS)}, got {task!r}")
+    return task
+
+
+def score(
+    run_dir: Path, cfg: JanusRunConfig, shard: Shard = Shard(), progress: bool | None = None, task: str = "t2i"
+) -> ScoreResult:
+    """`janus data score`: the run's image manifest (edit image manifest for --task edit), then the stage."""
+    if _task(task) == "edit":
+        require_edit_images(run_dir)
+        from janus_data.edit_score import run_edit_score
+
+        return run_edit_score(run_dir, cfg, shard, progress=progress)
     require_images(run_dir)
     from janus_data.score import run_score
 

@@ -110,6 +110,8 @@ def stage_summary(stage: str, result: Any) -> list[Any]:
 
     if stage == "synth":
         out = [summaries.synth_headline(result), summaries.synth_table(result)]
+    elif stage == "score" and result.task == "edit":
+        out = [summaries.score_headline(result), summaries.edit_score_table(result)]
     elif stage == "score":
         histogram = summaries.score_histogram(result) if result.histogram.height else None
         out = [summaries.score_headline(result), summaries.score_table(result), histogram]

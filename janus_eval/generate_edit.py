@@ -1,0 +1,157 @@
+"""`janus generate --edit IMAGE --instruction TEXT`: N edits of one image from a Janus-Pro checkpoint.
+
+The edit is drawn by `janus_data.generators.janus_edit.JanusEditor` (the released edit template, the
+source centre-cropped to the model's image size). It is one chain per sample: prompt_id is the
+edit's id (`edit_sources.edit_id_for`, the same id `janus data synth --task edit` gives it), the seed
+derive_seed(eval.seed, edit_id, "edit", sample). Images and the generations manifest are those of
+`janus generate` (`gen_manifest`, written by `generate.write_batch`), so a rerun draws only what is
+missing; OUT/edit_source.png is the prepared source, as the model saw it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+
+from janus_data.config import JanusRunConfig
+from janus_data.edit_sources import edit_id_for
+from janus_data.manifest import atomic_write
+from janus_data.progress import stage_progress
+from janus_data.prompts import normalise_prompt, prompt_schema
+from janus_eval.chain import ChainImage
+from janus_eval.checkpoints import EvalCheckpoint, resolve_checkpoint
+from janus_eval.gen_checks import check_edit_args, check_edit_image, check_n, check_out
+from janus_eval.gen_manifest import CHAIN_KEY, check_settings, clean_out, drop_incomplete_chains, read_generations
+from janus_eval.generate import GenerateResult, GenerationCounts, batches, drawing_settings, plan_chains, write_batch
+
+EDIT_STREAM = "edit"  # derive_seed's `generator` field for edit chains
+SOURCE_FILE = "edit_source.png"
+
+
+@dataclasses.dataclass(frozen=True)
+class EditRequest:
+    """One edit: the image file, its bytes' sha256, the normalised instruction and the edit's id."""
+
+    image: Path
+    sha256: str
+    instruction: str
+    edit_id: str
+
+    @classmethod
+    def read(cls, image: str | Path, instruction: str) -> EditRequest:
+        """Check the image (exists, decodes) and the instruction, and derive the edit's id."""
+        image = Path(image)
+        check_edit_args(image, instruction, None, None, None)
+        check_edit_image(image)
+        sha = hashlib.sha256(image.read_bytes()).hexdigest()
+        text = normalise_prompt(instruction)
+        return cls(image.resolve(), sha, text, edit_id_for(sha, text))
+
+    def frame(self) -> pl.DataFrame:
+        """The edit as one `load_prompts` row: prompt_id = edit_id, prompt = instruction, the source in metadata."""
+        metadata = json.dumps({"source_image": str(self.image), "source_sha256": self.sha256}, sort_keys=True)
+        row = {
+            "prompt_id": [self.edit_id],
+            "prompt": [self.instruction],
+            "source": [str(self.image)],
+            "source_id": [None],
+            "tags": [[]],
+            "n_occurrences": [1],
+            "metadata": [metadata],
+        }
+        return pl.DataFrame(row, schema=prompt_schema())
+
+
+def edit_settings(ckpt: EvalCheckpoint, cfg: JanusRunConfig, edit: EditRequest) -> dict:
+    """What decides the edits' images: the drawing settings of `generate`, the task and the edit itself.
+
+    An OUT holds one edit (its edit_source.png): another image or instruction needs another --out."""
+    settings = drawing_settings(ckpt, cfg, introspect=False, rounds=0)
+    return {**settings, "task": "edit", "edit_id": edit.edit_id, "source_fit": "center_crop"}
+
+
+def load_editor(ckpt: EvalCheckpoint, cfg: JanusRunConfig):
+    """JanusEditor on the checkpoint, with synth.janus's sampling and loop, on the configured device and dtype."""
+    from janus_data.generators.janus_edit import JanusEditor
+    from janus_data.models import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.runtime)
+    gen_cfg = dataclasses.replace(cfg.synth.janus, model=ckpt.path)
+    return JanusEditor(gen_cfg, device, resolve_dtype(cfg.runtime, device), cfg.runtime.trust_remote_code)
+
+
+def run_generate_edit(
+    checkpoint: str,
+    image: str | Path,
+    instruction: str,
+    out: Path,
+    cfg: JanusRunConfig,
+    *,
+    run_dir: Path | None = None,
+    n: int | None = None,
+    progress: bool | None = None,
+) -> GenerateResult:
+    """Draw every missing edit sample 0..n-1 of (`image`, `instruction`) from `checkpoint` into OUT.
+
+    `checkpoint`: see `checkpoints.resolve_checkpoint`; n defaults to `cfg.eval.images_per_prompt`."""
+    start = time.perf_counter()
+    out = Path(out)
+    n = cfg.eval.images_per_prompt if n is None else n
+    check_n(n)
+    edit = EditRequest.read(image, instruction)
+    ckpt = resolve_checkpoint(checkpoint, run_dir, cfg)
+    check_out(out)
+    clean_out(out)
+    check_settings(out, edit_settings(ckpt, cfg, edit))
+    result = GenerateResult(out, ckpt, 1, n, introspect=False, rounds=0)
+    result.repaired = drop_incomplete_chains(out)
+    plan = plan_chains(edit.frame(), n, cfg.eval.seed, EDIT_STREAM)
+    done = read_generations(out).select(CHAIN_KEY).unique()
+    todo = plan.join(done, on=list(CHAIN_KEY), how="anti").sort("order", "sample")
+    result.planned, result.existing = plan.height, plan.height - todo.height
+    if todo.height or not (out / SOURCE_FILE).is_file():
+        editor = load_editor(ckpt, cfg)
+        with Image.open(edit.image) as opened:
+            source = opened.convert("RGB")
+        prepared = editor.prepare_sources([source])
+        atomic_write(out / SOURCE_FILE, lambda fh: prepared[0].save(fh, format="PNG"))
+        source_codes = editor.encode_sources(prepared)  # (1, N): encoded alone, whatever the batch
+        new = []
+        with stage_progress(progress) as bars:
+            task = bars.add_task(f"edit {ckpt.label}", total=todo.height, unit="image")
+            for batch in batches(todo, cfg.synth.janus.batch_size):
+                t0 = time.perf_counter()
+                chains = draw_batch(editor, source_codes, batch)
+                result.draw_seconds += time.perf_counter() - t0
+                new.append(write_batch(out, ckpt, batch, chains))
+                bars.advance(task, batch.height)
+        if new:
+            result.new = GenerationCounts.of(pl.concat(new))
+    result.total = GenerationCounts.of(read_generations(out))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.inference_mode()
+def draw_batch(editor, source_codes: np.ndarray, batch: pl.DataFrame) -> list[list[ChainImage]]:
+    """B edits of one source (its (1, N) codes): one single-image chain each.
+
+    Images are VQ-decoded one at a time, as `chain.IntrospectiveChain` does: the VQ convolutions round
+    differently with the batch size, and an image must not depend on the batch it was drawn in."""
+    from janus_data.generators.janus_loop import decode_image_tokens
+
+    codes = np.repeat(source_codes, batch.height, axis=0)
+    tokens, _ = editor.generate_tokens(codes, batch["prompt"].to_list(), batch["seed"].to_list())
+    chains = []
+    for j in range(batch.height):
+        pixels = decode_image_tokens(editor.model, tokens[j : j + 1]).cpu().numpy()[0]
+        chains.append([ChainImage(0, tokens[j].cpu().numpy().astype(np.int32), pixels)])
+    return chains
