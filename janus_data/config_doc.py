@@ -15,7 +15,15 @@ from janus_data.config import JanusRunConfig, load_config, preset_names, to_dict
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under each field of a dataclass (attribute docstrings)."""
+    """Docstrings written under each field of a dataclass (attribute docstrings), its dataclass bases' too."""
+    docs: dict[str, str] = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base):
+            docs |= _own_field_docs(base)
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs: dict[str, str] = {}

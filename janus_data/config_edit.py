@@ -8,11 +8,12 @@ Frozen dataclasses with a docstring under each field (rendered into docs/configu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+
+from janus_data.config_stages import DiffusersSpeedConfig
 
 
 @dataclass(frozen=True)
-class KontextGenConfig:
+class KontextGenConfig(DiffusersSpeedConfig):
     """FLUX.1 Kontext instruction edits through diffusers' FluxKontextPipeline."""
 
     model: str = "black-forest-labs/FLUX.1-Kontext-dev"
@@ -29,14 +30,6 @@ class KontextGenConfig:
     """Draw at the Kontext training resolution nearest the source's aspect ratio."""
     batch_size: int = 4
     """Edits per pipeline call."""
-    fuse_qkv: bool = False
-    """Fuse each attention's q, k, v projections into one GEMM (diffusers' fuse_qkv_projections)."""
-    compile: bool = False
-    """torch.compile the transformer's repeated blocks (the first call at a new size pays the compile)."""
-    channels_last_vae: bool = False
-    """Run the VAE's convolutions in channels-last layout."""
-    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
-    """PyTorch attention kernel to force ('auto': PyTorch chooses)."""
 
 
 @dataclass(frozen=True)

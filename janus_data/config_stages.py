@@ -63,7 +63,21 @@ class JanusGenConfig:
 
 
 @dataclass(frozen=True)
-class FluxGenConfig:
+class DiffusersSpeedConfig:
+    """Speed settings of a diffusers FLUX pipeline (`janus_data.generators.flux.speed_up`), all off by default."""
+
+    fuse_qkv: bool = False
+    """Fuse each attention's q, k, v projections into one GEMM (diffusers' fuse_qkv_projections)."""
+    compile: bool = False
+    """torch.compile the transformer's repeated blocks (the first call at a new size pays the compile)."""
+    channels_last_vae: bool = False
+    """Run the VAE's convolutions in channels-last layout."""
+    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
+    """PyTorch attention kernel to force ('auto': PyTorch chooses)."""
+
+
+@dataclass(frozen=True)
+class FluxGenConfig(DiffusersSpeedConfig):
     """FLUX text-to-image through diffusers' FluxPipeline."""
 
     model: str = "black-forest-labs/FLUX.1-dev"
@@ -80,14 +94,6 @@ class FluxGenConfig:
     """T5 prompt length."""
     batch_size: int = 4
     """Images per pipeline call."""
-    fuse_qkv: bool = False
-    """Fuse each attention's q, k, v projections into one GEMM (diffusers' fuse_qkv_projections)."""
-    compile: bool = False
-    """torch.compile the transformer's repeated blocks (the first call at a new size pays the compile)."""
-    channels_last_vae: bool = False
-    """Run the VAE's convolutions in channels-last layout."""
-    sdpa_backend: Literal["auto", "flash", "efficient", "cudnn", "math"] = "auto"
-    """PyTorch attention kernel to force ('auto': PyTorch chooses)."""
 
 
 @dataclass(frozen=True)

@@ -25,27 +25,21 @@ from janus_data.config import JanusRunConfig
 from janus_data.dist import Shard
 from janus_data.edit_manifest import read_edits_manifest, read_source
 from janus_data.errors import JanusError, RunDirError, one_line
-from janus_data.judge.factory import check_judge, make_judge
 from janus_data.judge.scoring import edit_reward
 from janus_data.judge.types import EditJudge, EditJudgeResult
 from janus_data.manifest import (
     EDIT_IMAGES_KIND,
     EDIT_SCORES_KIND,
-    clean_temp_files,
-    ensure_writable,
-    manifest_dir,
     scan_manifest,
 )
-from janus_data.rundir import save_run_config
 from janus_data.score import (
     SCORE_SCHEMA,
     LoadedImage,
+    RowsFn,
     ScoreResult,
     decoded,
-    drop_rows,
     load_image,
-    remaining,
-    score_loop,
+    score_stage,
     with_resume_hint,
 )
 from janus_data.seeds import shard_of
@@ -188,32 +182,17 @@ def run_edit_score(
     judge: EditJudge | None = None,
 ) -> ScoreResult:
     """Judge every candidate edit of this rank's slice of the run that has no edit score row yet."""
-    start = time.perf_counter()
-    run_dir = Path(run_dir)
     require_edit_images(run_dir)
-    ensure_writable(run_dir)
-    clean_temp_files(manifest_dir(run_dir, EDIT_SCORES_KIND))
-    result = ScoreResult(run_dir, shard, retry_errors=cfg.score.retry_errors, task="edit")
-    plan = plan_edit_scores(run_dir, shard)
-    todo, stale = remaining(run_dir, plan, shard.rank, cfg.score.retry_errors, EDIT_SCORES_KIND)
-    result.planned, result.existing = plan.height, plan.height - todo.height
-    result.retried = len(set().union(*stale.values()))
-    if todo.height:
-        if judge is None:
-            check_judge(cfg)  # a missing checkpoint, a dead or misconfigured server fails here, in seconds
-        drop_rows(stale)
-        save_run_config(run_dir, cfg)
-        judge = judge or make_judge(cfg)
-        result.judge = judge.model_id
 
+    def rows_by(judge: EditJudge, result: ScoreResult) -> RowsFn:
         def judge_rows(batch: pl.DataFrame, loaded: list[LoadedEdit], kept: str) -> tuple[pl.DataFrame, int, float]:
             judged, dt = judge_edits(judge, batch["prompt"].to_list(), loaded, kept)
             return edit_score_rows(batch, loaded, judged, cfg, result.judge or "", dt, shard.rank), len(judged), dt
 
-        load = functools.partial(load_edit_batch, run_dir)
-        score_loop(
-            run_dir, cfg.score.batch_size, shard.rank, progress, todo, result, load, judge_rows, EDIT_SCORES_KIND
-        )
+        return judge_rows
+
+    plan = plan_edit_scores(Path(run_dir), shard)
+    load = functools.partial(load_edit_batch, run_dir)
+    result = score_stage(run_dir, cfg, shard, progress, judge, plan, load, rows_by, EDIT_SCORES_KIND, task="edit")
     result.by_generator = edit_score_stats(run_dir)
-    result.seconds = time.perf_counter() - start
     return result

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from PIL import Image
@@ -301,14 +302,45 @@ def run_score(
     judge: Judge | None = None,
 ) -> ScoreResult:
     """Score every image of this rank's slice of the run that has no score row yet."""
+    require_images(run_dir)
+
+    def rows_by(judge: Judge, result: ScoreResult) -> RowsFn:
+        def judge_rows(batch: pl.DataFrame, loaded: list[LoadedImage], kept: str) -> tuple[pl.DataFrame, int, float]:
+            judged, dt = judge_readable(judge, batch["prompt"].to_list(), loaded, kept)
+            return score_rows(batch, loaded, judged, result.judge or "", dt, shard.rank), len(judged), dt
+
+        return judge_rows
+
+    plan = plan_scores(Path(run_dir), shard)
+    result = score_stage(run_dir, cfg, shard, progress, judge, plan, functools.partial(load_batch, run_dir), rows_by)
+    result.by_generator, result.histogram = score_stats(run_dir)
+    return result
+
+
+RowsFn = Callable[[pl.DataFrame, list, str], tuple[pl.DataFrame, int, float]]
+
+
+def score_stage(
+    run_dir: Path,
+    cfg: JanusRunConfig,
+    shard: Shard,
+    progress: bool | None,
+    judge: Any,
+    plan: pl.DataFrame,
+    load: Callable[[pl.DataFrame], list],
+    rows_by: Callable[[Any, ScoreResult], RowsFn],
+    kind: str = SCORES_KIND,
+    task: str = "t2i",
+) -> ScoreResult:
+    """A score stage over `plan` (text-to-image or edits): resume (`remaining`), check and load the judge
+    only when something is left, then `score_loop` with the judge's `rows_by(judge, result)`. The
+    caller adds its manifest's statistics."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    require_images(run_dir)
     ensure_writable(run_dir)
-    clean_temp_files(manifest_dir(run_dir, SCORES_KIND))
-    result = ScoreResult(run_dir, shard, retry_errors=cfg.score.retry_errors)
-    plan = plan_scores(run_dir, shard)
-    todo, stale = remaining(run_dir, plan, shard.rank, cfg.score.retry_errors)
+    clean_temp_files(manifest_dir(run_dir, kind))
+    result = ScoreResult(run_dir, shard, retry_errors=cfg.score.retry_errors, task=task)
+    todo, stale = remaining(run_dir, plan, shard.rank, cfg.score.retry_errors, kind)
     result.planned, result.existing = plan.height, plan.height - todo.height
     result.retried = len(set().union(*stale.values()))
     if todo.height:
@@ -318,29 +350,11 @@ def run_score(
         save_run_config(run_dir, cfg)
         judge = judge or make_judge(cfg)
         result.judge = judge.model_id
-        _score_batches(run_dir, cfg, shard, progress, judge, todo, result)
-    result.by_generator, result.histogram = score_stats(run_dir)
+        score_loop(
+            run_dir, cfg.score.batch_size, shard.rank, progress, todo, result, load, rows_by(judge, result), kind
+        )
     result.seconds = time.perf_counter() - start
     return result
-
-
-def _score_batches(
-    run_dir: Path,
-    cfg: JanusRunConfig,
-    shard: Shard,
-    progress: bool | None,
-    judge: Judge,
-    todo: pl.DataFrame,
-    result: ScoreResult,
-) -> None:
-    """Judge `todo` batch by batch, reading the next batch's bytes while the judge works."""
-
-    def judge_rows(batch: pl.DataFrame, loaded: list[LoadedImage], kept: str) -> tuple[pl.DataFrame, int, float]:
-        judged, dt = judge_readable(judge, batch["prompt"].to_list(), loaded, kept)
-        return score_rows(batch, loaded, judged, result.judge or "", dt, shard.rank), len(judged), dt
-
-    load = functools.partial(load_batch, run_dir)
-    score_loop(run_dir, cfg.score.batch_size, shard.rank, progress, todo, result, load, judge_rows)
 
 
 def score_loop(
@@ -351,7 +365,7 @@ def score_loop(
     todo: pl.DataFrame,
     result: ScoreResult,
     load: Callable[[pl.DataFrame], list],
-    judge_rows: Callable[[pl.DataFrame, list, str], tuple[pl.DataFrame, int, float]],
+    judge_rows: RowsFn,
     kind: str = SCORES_KIND,
 ) -> None:
     """Batches of `todo`: `load` (in a background thread, one batch ahead), `judge_rows` -> (rows, judged,

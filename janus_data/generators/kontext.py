@@ -30,6 +30,7 @@ from diffusers import FluxKontextPipeline
 from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 from PIL import Image
 
+from janus_data.config import KontextGenConfig
 from janus_data.generators.flux import sdpa_context, speed_up
 from janus_data.models import loading, resolve_model
 from janus_data.progress import quiet_diffusers
@@ -66,18 +67,18 @@ class KontextEditor:
 
     name = "kontext"
 
-    def __init__(self, cfg, device: torch.device, dtype: torch.dtype) -> None:
-        """Load cfg.model; `cfg` carries the settings named in the module docstring."""
+    def __init__(self, cfg: KontextGenConfig, device: torch.device, dtype: torch.dtype) -> None:
+        """Load cfg.model with its speed settings (`edit.kontext`)."""
         self.cfg = cfg
         self.model_id = cfg.model
         self.device = device
-        self.sdpa_backend = getattr(cfg, "sdpa_backend", "auto")
+        self.sdpa_backend = cfg.sdpa_backend
         sdpa_context(self.sdpa_backend)  # refuse a bad name now, not at the first batch
         self.pipe = speed_up(
             load_kontext(cfg.model, device, dtype),
-            fuse_qkv=getattr(cfg, "fuse_qkv", False),
-            compile=getattr(cfg, "compile", False),
-            channels_last_vae=getattr(cfg, "channels_last_vae", False),
+            fuse_qkv=cfg.fuse_qkv,
+            compile=cfg.compile,
+            channels_last_vae=cfg.channels_last_vae,
         )
         self.multiple = self.pipe.vae_scale_factor * 2  # VAE downsampling x 2x2 latent packing
 
