@@ -152,21 +152,31 @@ def score(
 @user_errors
 def filter_(
     run: RunOpt,
-    threshold: Annotated[float | None, typer.Option(help="Good images have S >= threshold [preset: 0.8].")] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Good images have S >= threshold [preset: 0.8]; with --task edit: edit.threshold."),
+    ] = None,
     config: RunConfigOpt = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the choice among candidates.")] = None,
+    task: TaskOpt = "t2i",
     progress: ProgressOpt = True,
 ) -> None:
     """Build the SFT sub-tasks (text->image, self-evaluation, regeneration) as WebDataset shards.
 
     Example: janus data filter --run runs/r1 --threshold 0.8
+    Edits (edit, edit_judge, edit_regen in <run>/sft_edit): janus data filter --task edit --run runs/r1
     """
     quiet_libraries()
     from janus_data.rundir import load_run_config
     from janus_run import stages
 
-    cfg = load_run_config(run, config, section("filter", threshold=threshold, seed=seed))
-    show_stage("filter", stages.filter_(run, cfg, progress=bars(progress)))
+    overrides = section("filter", seed=seed)
+    if task == "edit":  # an edit's q = R / (reward_flw + reward_psv) has its own threshold
+        overrides |= section("edit", threshold=threshold)
+    else:
+        overrides["filter"] |= section("filter", threshold=threshold)["filter"]
+    cfg = load_run_config(run, config, overrides)
+    show_stage("filter", stages.filter_(run, cfg, progress=bars(progress), task=task))
 
 
 @serve_app.command("judge")
@@ -253,6 +263,10 @@ def chain(
         Path | None, typer.Option("--run", "--run-dir", help="Run directory [config: pipeline.run_dir].")
     ] = None,
     prompts: Annotated[Path | None, typer.Option(help="Prompt file for synth [config: pipeline.prompts].")] = None,
+    edits: Annotated[
+        Path | None,
+        typer.Option(help="Edit source: synth, score and filter also run on edits [config: pipeline.edits]."),
+    ] = None,
     start: Annotated[
         str | None, typer.Option("--from", help=f"First stage: {STAGE_HELP}.", autocompletion=_complete_stage)
     ] = None,
@@ -266,6 +280,7 @@ def chain(
 
     Kill it at any moment and run the same command again: it goes on where it stopped.
     Example: janus run --config my_run.yaml --run runs/r1 --prompts prompts.jsonl --to filter
+    With edits: janus run --config my_run.yaml --run runs/r1 --prompts prompts.jsonl --edits edits.jsonl
     """
     quiet_libraries()
     from janus_data.config import load_config
@@ -273,7 +288,9 @@ def chain(
     from janus_run.summary import outputs_table
 
     cfg = load_config(config)
-    result = run_chain(cfg, config, run, prompts, start, stop, report, bars(progress), on_stage=show_outcome)
+    result = run_chain(
+        cfg, config, run, prompts, start, stop, report, bars(progress), on_stage=show_outcome, edits=edits
+    )
     show(outputs_table(result.run_dir, result.outcomes, result.report))
 
 

@@ -65,7 +65,6 @@ def generate(
         check_counts,
         check_edit_args,
         check_edit_image,
-        check_n,
         check_out,
         check_prompt_args,
         check_run,
@@ -78,16 +77,16 @@ def generate(
         check_edit_image(edit)
     check_run(run)
     cfg = load_run_config(run, config, {}) if run is not None else load_config(config or "paper")
-    if edit is None:
-        check_counts(cfg.eval.images_per_prompt if n is None else n, cfg.eval.rounds if rounds is None else rounds)
-    else:
-        check_n(cfg.eval.images_per_prompt if n is None else n)
+    check_counts(cfg.eval.images_per_prompt if n is None else n, cfg.eval.rounds if rounds is None else rounds)
     resolve_checkpoint(checkpoint, run, cfg)
     check_out(out)
     if edit is not None:
         from janus_eval.generate_edit import run_generate_edit
 
-        result = run_generate_edit(checkpoint, edit, instruction, out, cfg, run_dir=run, n=n, progress=bars(progress))
+        chain = {"introspect": introspect, "rounds": rounds}
+        result = run_generate_edit(
+            checkpoint, edit, instruction, out, cfg, run_dir=run, n=n, progress=bars(progress), **chain
+        )
         show(summary(result, what="edit"))
         return
     from janus_eval.generate import prompt_frame, run_generate

@@ -15,6 +15,7 @@ from typing import Any
 from janus_data.config_edit import EDIT_GENERATORS, EditConfig, KontextGenConfig, edit_split_counts
 from janus_data.config_eval import EVAL_CHECKPOINTS, EvalConfig
 from janus_data.config_load import (
+    DEMO_EDITS,
     DEMO_PROMPTS,
     GENEVAL_DEMO,
     PRESET_DIR,
@@ -83,6 +84,7 @@ def with_overrides(cfg: JanusRunConfig, overrides: dict[str, Any]) -> JanusRunCo
 
 
 __all__ = [
+    "DEMO_EDITS",
     "DEMO_PROMPTS",
     "EDIT_GENERATORS",
     "EVAL_CHECKPOINTS",

@@ -46,8 +46,19 @@ class EditConfig:
     """Weight of R_flw (the judge's 'follows the instruction' yes-probability) in the edit reward R; the paper's 1.0."""
     reward_psv: float = 0.25
     """Weight of R_psv (the judge's 'unrelated area preserved' yes-probability) in R; the paper's 0.25."""
+    threshold: float | None = None
+    """q = R / (reward_flw + reward_psv) at or above which a candidate edit is good (`janus data filter
+    --task edit`); null: filter.threshold. The paper gives none for edits."""
     skip_bad_images: bool = False
     """Drop edit-source rows whose images cannot be read, counting them, instead of stopping at the first."""
+    target_generators: tuple[str, ...] = ("kontext", "janus")
+    """Editors whose candidates may be edit SFT targets (`edit` samples, `edit_regen` good images)."""
+    judge_generators: tuple[str, ...] = ("kontext", "janus")
+    """Editors whose candidates may be `edit_judge` (edit self-evaluation) samples."""
+    context_generators: tuple[str, ...] = ("kontext", "janus")
+    """Editors whose candidates may be `edit_regen`'s bad (context) edit."""
+    reference_samples: bool = True
+    """Add every edit source's reference image (when it has one) as one more `edit` sample (unscored)."""
     kontext: KontextGenConfig = field(default_factory=KontextGenConfig)
 
 

@@ -25,6 +25,7 @@ PRESET_DIR = resources.files("janus_data") / "presets"
 ASSETS = resources.files("janus_data") / "assets"
 DEMO_PROMPTS = ASSETS / "demo_prompts.jsonl"  # what `janus demo` draws and trains on
 GENEVAL_DEMO = ASSETS / "geneval_demo.jsonl"  # our own GenEval-format prompts: the demo's evaluation
+DEMO_EDITS = ASSETS / "demo_edits.jsonl"  # four drawn images and their instructions: the demo's edit run
 
 
 T = TypeVar("T")

@@ -34,6 +34,9 @@ class PipelineConfig:
     """Run directory (`--run` overrides)."""
     prompts: str | None = None
     """Prompt file for synth (`--prompts` overrides); null: the run's existing prompts."""
+    edits: str | None = None
+    """Edit source (docs/edit.md; `--edits` overrides): synth, score and filter then also run on edits
+    (`--task edit`), for SFT's sft.edit_share and GRPO's rl.edit_share; null: text-to-image only."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from janus_data.janus_format import ALL_TASKS
+
 
 @dataclass(frozen=True)
 class SFTConfig:
@@ -35,6 +37,13 @@ class SFTConfig:
     """Clip the global gradient norm to this (0: off)."""
     mix: tuple[float, ...] = (0.2, 0.3, 0.5)
     """Task I : II : III draw ratio (paper 0.2:0.3:0.5; released code 10:10:15)."""
+    edit_share: float = 0.0
+    """Share of SFT draws from the edit tasks (docs/train_sft.md, 'Editing samples'): 0
+    text-to-image only, 1 edits only. Task weights: (1 - edit_share) x mix for t2i, judge, regen;
+    edit_share x edit_mix for edit, edit_judge, edit_regen."""
+    edit_mix: tuple[float, ...] = (0.2, 0.3, 0.5)
+    """edit : edit_judge : edit_regen draw ratio within the edit share (shards of `janus data
+    filter --task edit`)."""
     caption_dropout: float = 0.1
     """Probability that a Task-I/III caption is replaced by pad tokens (for CFG at inference)."""
     answer_weight: float = 0.8
@@ -72,6 +81,15 @@ class SFTConfig:
     """Also write TensorBoard event files (needs the tensorboard package)."""
 
 
+def sft_task_weights(scfg: SFTConfig) -> dict[str, float]:
+    """Each SFT task's draw weight, in ALL_TASKS order: (1 - edit_share) x mix for the text-to-image
+    tasks, edit_share x edit_mix for the edit tasks. With edit_share 0 the t2i weights are `mix` itself
+    (the same draws as before edits existed); a weight-0 task is never drawn and needs no shards."""
+    share = float(scfg.edit_share)
+    weights = [(1.0 - share) * float(w) for w in scfg.mix] + [share * float(w) for w in scfg.edit_mix]
+    return dict(zip(ALL_TASKS, weights, strict=True))
+
+
 @dataclass(frozen=True)
 class RLConfig:
     """`janus train rl`: GRPO with introspective rollouts and dual-layer rewards (docs/paper.md, 'GRPO')."""
@@ -80,6 +98,12 @@ class RLConfig:
     """Policy to start from (`--init`); null: the run's latest SFT checkpoint, else synth.janus.model."""
     prompts: str | None = None
     """Prompt file for RL (txt / jsonl / csv / parquet / HF dataset dir); null: the run's prompts."""
+    edit_share: float = 0.0
+    """Share of GRPO steps that are edit steps (introspective edit rollouts rewarded with
+    R = edit.reward_flw x S_flw + edit.reward_psv x S_psv); 0: text-to-image only, 1: edits only."""
+    edits: str | None = None
+    """Edit source for the edit steps (.jsonl / .parquet / .tar / datasets dir, docs/edit.md); null:
+    the run's edits (`janus data synth --task edit`)."""
     max_steps: int = 3000
     """Optimizer steps (the paper's 3K)."""
     prompts_per_step: int = 8

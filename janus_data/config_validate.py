@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from janus_data.config_edit import EDIT_GENERATORS
@@ -12,7 +13,7 @@ from janus_data.judge.scoring import MAX_TOP_LOGPROBS
 
 if TYPE_CHECKING:
     from janus_data.config import JanusRunConfig
-    from janus_data.config_train import RLConfig
+    from janus_data.config_train import RLConfig, SFTConfig
 
 _GENERATOR_LIST = f"[{', '.join(GENERATORS)}]"  # as messages write it: [flux, janus]
 
@@ -82,6 +83,7 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError("sft.max_steps, batch_size, grad_accum, save_every, keep_last and log_every must be >= 1")
     if len(t.mix) != 3 or min(t.mix) < 0 or sum(t.mix) <= 0:
         raise ConfigError(f"sft.mix must be three non-negative weights (Task I, II, III), got {list(t.mix)}")
+    _validate_sft_edits(t)
     if not (0 <= t.caption_dropout <= 1 and t.answer_weight >= 0 and t.reason_weight >= 0):
         raise ConfigError("sft.caption_dropout must lie in [0, 1] and the loss weights be >= 0")
     if t.warmup_steps < 0 or t.grad_clip < 0 or not 0 <= t.min_lr_ratio <= 1 or len(t.betas) != 2:
@@ -129,12 +131,40 @@ def validate(cfg: JanusRunConfig) -> None:
         raise ConfigError(
             f"edit.generators must be distinct names from {list(EDIT_GENERATORS)}, got {list(d.generators)}"
         )
+    if d.threshold is not None and not 0.0 <= d.threshold <= 1.0:
+        raise ConfigError(f"edit.threshold must lie in [0, 1] (or be null: filter.threshold), got {d.threshold}")
+    for name in ("target_generators", "judge_generators", "context_generators"):
+        gens = getattr(d, name)
+        if not gens or any(g not in EDIT_GENERATORS for g in gens):
+            raise ConfigError(f"edit.{name} must be a non-empty subset of {list(EDIT_GENERATORS)}, got {list(gens)}")
+    share = cfg.rl.edit_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ConfigError(
+            f"rl.edit_share must lie in [0, 1], got {share!r}", hint="0: text-to-image steps only, 1: edit steps only"
+        )
     if d.images_per_source < 1 or not 0.0 <= d.kontext_share <= 1.0:
         raise ConfigError("edit.images_per_source must be >= 1 and edit.kontext_share in [0, 1]")
     k = d.kontext
     if min(k.num_inference_steps, k.max_sequence_length, k.batch_size) < 1 or k.max_area < 256:
         raise ConfigError(
             "edit.kontext.num_inference_steps, max_sequence_length and batch_size must be >= 1, max_area >= 256"
+        )
+
+
+def _validate_sft_edits(t: SFTConfig) -> None:
+    """sft.edit_share and sft.edit_mix: the share of draws from the edit tasks and their ratio."""
+    share = t.edit_share
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ConfigError(
+            f"sft.edit_share must lie in [0, 1], got {share!r}", hint="0: text-to-image only, 1: edits only"
+        )
+    mix = list(t.edit_mix)
+    finite = all(not isinstance(w, bool) and isinstance(w, (int, float)) and math.isfinite(w) for w in mix)
+    if len(mix) != 3 or not finite or min(mix) < 0:
+        raise ConfigError(f"sft.edit_mix must be three finite weights >= 0 (edit, edit_judge, edit_regen), got {mix}")
+    if share > 0 and sum(mix) <= 0:
+        raise ConfigError(
+            f"sft.edit_mix must have a positive sum when sft.edit_share > 0, got {mix}", hint="e.g. 0.2, 0.3, 0.5"
         )
 
 

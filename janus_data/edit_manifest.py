@@ -115,11 +115,16 @@ def read_edits_manifest(run_dir: Path) -> pl.DataFrame:
 
 def read_source(run_dir: Path, edit_id: str) -> bytes:
     """The prepared source image of an edit (the judge's 'original'), or RunDirError."""
-    path = Path(run_dir) / source_path(edit_id)
+    return read_prepared(run_dir, source_path(edit_id), "edit source")
+
+
+def read_prepared(run_dir: Path, rel: str, what: str) -> bytes:
+    """A prepared image of the run (`edit_sources/...`: a source or a reference), or RunDirError naming `what`."""
+    path = Path(run_dir) / rel
     try:
         return path.read_bytes()
     except OSError as err:
         raise RunDirError(
-            f"edit source {path} is unreadable: {err.strerror or err}",
+            f"{what} {path} is unreadable: {err.strerror or err}",
             hint="rerun `janus data synth --task edit --edits FILE` to write it again",
         ) from None

@@ -21,3 +21,6 @@ ASSISTANT = "<|Assistant|>"
 
 # The SFT sub-tasks (text -> image, self-evaluation, regeneration), in the order every mix and table lists them.
 TASKS = ("t2i", "judge", "regen")
+# The image-editing SFT sub-tasks (edit generation, edit self-evaluation, edit regeneration; docs/edit.md).
+EDIT_TASKS = ("edit", "edit_judge", "edit_regen")
+ALL_TASKS = TASKS + EDIT_TASKS

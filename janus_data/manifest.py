@@ -26,6 +26,7 @@ SAMPLES_KIND = "samples"  # janus data filter
 EDITS_KIND = "edits"  # janus data synth --task edit: the edit sources (janus_data.edit_manifest)
 EDIT_IMAGES_KIND = "edit_images"  # janus data synth --task edit: the candidate edits
 EDIT_SCORES_KIND = "edit_scores"  # janus data score --task edit
+EDIT_SAMPLES_KIND = "edit_samples"  # janus data filter --task edit
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> Path:

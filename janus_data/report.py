@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.table import Table
 
 from janus_data.report_data import RunData, load_run
+from janus_data.report_edit import edit_section
 from janus_data.report_eval import evaluation
 from janus_data.report_html import CSS, NOT_RUN, Assets, esc
 from janus_data.report_sections import LOSSES, RL_PLOTS, RL_SUMMARY, SFT_PLOTS, curves, overview, samples, scores, tasks
@@ -32,8 +33,9 @@ SECTIONS = {
     "sft": ("SFT", "SFT"),
     "rl": ("GRPO", "GRPO"),
 }
-# Written only when the run has evaluation results (`janus eval geneval|judge`), after the others.
-HEADINGS = SECTIONS | {"eval": ("Evaluation", "evaluation")}
+# Written only when the run has edits (`janus data synth --task edit`), after `samples`, and only when
+# it has evaluation results (`janus eval geneval|judge`), after the others.
+HEADINGS = SECTIONS | {"edit": ("Image editing", "image editing"), "eval": ("Evaluation", "evaluation")}
 
 
 @dataclass
@@ -76,8 +78,13 @@ def _clean_leftovers(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def build_report(run_dir: Path, out_dir: Path | None = None, prompts_shown: int = 6) -> ReportResult:
-    """Write the HTML report of a run to `out_dir` (default <run>/report) and return what was written."""
+def build_report(
+    run_dir: Path, out_dir: Path | None = None, prompts_shown: int = 6, edits_shown: int = 4
+) -> ReportResult:
+    """Write the HTML report of a run to `out_dir` (default <run>/report) and return what was written.
+
+    `prompts_shown`: prompts in the samples section (and the evaluation's grid); `edits_shown`: edits in the
+    image-editing gallery (half with the highest mean R, half with the lowest)."""
     run_dir = Path(run_dir)
     data, notes = load_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
@@ -91,9 +98,11 @@ def build_report(run_dir: Path, out_dir: Path | None = None, prompts_shown: int 
             "scores": scores(data, assets),
             "tasks": tasks(data, assets),
             "samples": samples(data, assets, prompts_shown, notes),
-            "sft": curves(data, assets, "sft", "train sft", SFT_PLOTS, LOSSES),
-            "rl": curves(data, assets, "rl", "train rl", RL_PLOTS, RL_SUMMARY),
         }
+        if (body := edit_section(data, assets, edits_shown, notes)) is not None:
+            bodies["edit"] = body
+        bodies["sft"] = curves(data, assets, "sft", "train sft", SFT_PLOTS, LOSSES)
+        bodies["rl"] = curves(data, assets, "rl", "train rl", RL_PLOTS, RL_SUMMARY)
         if (body := evaluation(run_dir, assets, prompts_shown, notes)) is not None:
             bodies["eval"] = body
         notes[:0] = [f"{SECTIONS[s][1]}: {NOT_RUN}" for s in SECTIONS if 'class="notrun"' in bodies[s]]

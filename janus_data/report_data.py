@@ -57,7 +57,7 @@ def _latest_step(root: Path, metrics: list[dict]) -> int:
 def load_run(run_dir: Path) -> tuple[RunData, list[str]]:
     """Read every manifest, state and metrics file of a run, and notes on what could not be read."""
     run_dir = Path(run_dir)
-    require_report_inputs(run_dir)
+    require_report_inputs(run_dir)  # text-to-image candidates or candidate edits
     notes = []
     config_path = run_dir / CONFIG_FILE
     config_text = config_path.read_text() if config_path.is_file() else ""

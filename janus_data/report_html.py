@@ -108,4 +108,11 @@ h4{font-size:13px;font-weight:600;margin:14px 0 6px}
 .evalrow figure{margin:0;width:112px}
 .evalrow img{display:block;image-rendering:pixelated;border:1px solid var(--line);border-radius:4px}
 .evalrow figcaption{font-size:12px;color:var(--muted)}
+.editrow{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start;margin:6px 0}
+.editrow figure{margin:0;width:124px}
+.editrow img{display:block;image-rendering:pixelated;border:3px solid var(--line);border-radius:4px;margin-bottom:4px}
+.editrow .source img{border-color:var(--muted)}
+.editrow .best img{border-color:#1a7f37}
+.editrow .worst img{border-color:#cf222e}
+.editrow figcaption{font-size:12px;overflow-wrap:anywhere}
 """

@@ -8,6 +8,7 @@ from PIL import Image
 from janus_data import plots
 from janus_data.config_stages import GENERATORS
 from janus_data.errors import JanusError
+from janus_data.janus_format import ALL_TASKS
 from janus_data.report_data import RunData
 from janus_data.report_html import Assets, esc, fmt, not_run, table
 from janus_data.rundir import CONFIG_FILE, first_latest_table
@@ -37,7 +38,12 @@ def overview(d: RunData, a: Assets) -> str:
     by = dict(d.scores.group_by("status").len().rows())
     scored = d.scores["image_id"].n_unique()
     stages = [
-        ("synth", "done", f"{d.images.height:,} images: " + ", ".join(f"{g} {n:,}" for g, n in gens), "data synth"),
+        (
+            "synth",
+            _status(d.images.height, True),
+            f"{d.images.height:,} images: " + ", ".join(f"{g} {n:,}" for g, n in gens),
+            "data synth",
+        ),
         ("score", _status(scored, d.images.height), ", ".join(f"{by.get(s, 0):,} {s}" for s in STATUSES), "data score"),
         (
             "filter",
@@ -211,7 +217,7 @@ def curves(d: RunData, a: Assets, kind: str, stage: str, spec: tuple, summary: d
     return html + f'<div class="plots">{figs}</div>'
 
 
-LOSSES = {k: f"loss/{k}" for k in (*TASKS, "total")}
+LOSSES = {k: f"loss/{k}" for k in (*ALL_TASKS, "total")}
 SFT_PLOTS = (
     ("sft-loss", "SFT loss per task", "loss", LOSSES),
     ("sft-lr", "Learning rate", "lr", {"lr": "lr"}),

@@ -15,6 +15,7 @@ from janus_data.manifest import atomic_write
 CONFIG_FILE = "config.yaml"
 # Where the filter writes the SFT shards, and the state file that says they are complete.
 SFT_DIR = "sft"
+SFT_EDIT_DIR = "sft_edit"  # the edit SFT shards (janus data filter --task edit)
 STATE_FILE = "state.json"
 # Where the trainers write checkpoints and their metrics.jsonl (janus_train.sft / janus_train.grpo).
 CKPT_DIRS = {"sft": "checkpoints/sft", "rl": "checkpoints/rl"}

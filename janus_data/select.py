@@ -81,18 +81,19 @@ def labelled_reason(label: str, reason: str | None) -> str:
     return label + text[match.end(1) :]
 
 
-def answer_expr(threshold: float) -> pl.Expr:
-    """The judge's own answer from `reason`: True (yes), False (no) or null (another first word).
+def answer_expr(threshold: float, reason: str = "reason", score: str = "score") -> pl.Expr:
+    """The judge's own answer from column `reason`: True (yes), False (no) or null (another first word).
 
-    An empty reason (score.reason_tokens 0) has nothing to contradict: it takes S's side.
+    An empty reason (score.reason_tokens 0) has nothing to contradict: it takes the side of
+    column `score` (S; an edit's side reads its own S_flw or S_psv, janus_data.edit_select).
     """
-    reason = pl.col("reason").fill_null("")
+    text = pl.col(reason).fill_null("")
     return (
-        pl.when(reason.str.contains(EMPTY))
-        .then(pl.col("score") >= threshold)
-        .when(reason.str.contains(YES_WORD))
+        pl.when(text.str.contains(EMPTY))
+        .then(pl.col(score) >= threshold)
+        .when(text.str.contains(YES_WORD))
         .then(pl.lit(True))
-        .when(reason.str.contains(NO_WORD))
+        .when(text.str.contains(NO_WORD))
         .then(pl.lit(False))
         .otherwise(pl.lit(None, pl.Boolean))
     )
@@ -106,7 +107,13 @@ def label_expr(cfg: FilterConfig) -> pl.Expr:
     return pl.when(good & pl.col("says_yes")).then(pl.lit("Yes")).when(no).then(pl.lit("No")).otherwise(None)
 
 
-def pool(scores: pl.LazyFrame, images: pl.LazyFrame, prompts: pl.LazyFrame, cfg: FilterConfig) -> pl.LazyFrame:
+def pool(
+    scores: pl.LazyFrame,
+    images: pl.LazyFrame,
+    prompts: pl.LazyFrame,
+    cfg: FilterConfig,
+    says_yes: pl.Expr | None = None,
+) -> pl.LazyFrame:
     """Usable scored images as a slim frame: image_id, prompt_id, generator, score, says_yes,
     label, seeded `order`, and `image_row` / `score_row`, the rows of the image and score
     manifests (as scanned) that later lookups join on (integers: much cheaper than joining on
@@ -117,11 +124,16 @@ def pool(scores: pl.LazyFrame, images: pl.LazyFrame, prompts: pl.LazyFrame, cfg:
 
     Sorted once, in choice order: by the seeded key (and by S first, best first on each side, when
     choice is 'best'). Everything downstream keeps that order, so per-prompt ranks are cheap.
+
+    `says_yes` is the judge's own answer over the score rows (default: `answer_expr` of `reason`;
+    an edit's combines both questions, janus_data.edit_select).
     """
+    if says_yes is None:
+        says_yes = answer_expr(cfg.threshold)
     ok = (
         scores.with_row_index("score_row")
         .filter(pl.col("status") == "ok")
-        .select("image_id", "prompt_id", "score", "score_row", answer_expr(cfg.threshold).alias("says_yes"))
+        .select("image_id", "prompt_id", "score", "score_row", says_yes.alias("says_yes"))
     )
     order = pl.col("sha256").str.slice(0, _KEY_BITS // 4).str.to_integer(base=16).xor(pl.lit(seed_mask(cfg.seed)))
     located = images.with_row_index("image_row").select("image_id", "image_row", "generator", order.alias("order"))
@@ -135,6 +147,17 @@ def pool(scores: pl.LazyFrame, images: pl.LazyFrame, prompts: pl.LazyFrame, cfg:
     if cfg.choice == "best":  # Yes: highest S first; No (and unlabelled): lowest S first
         by = [pl.when(pl.col("label") == "Yes").then(-pl.col("score")).otherwise(pl.col("score")), *by]
     return pooled.sort(by, maintain_order=True)
+
+
+def pool_stats(status_counts: dict, label_counts: dict) -> dict:
+    """The summary's pool counts: usable rows, excluded rows by status, labels (Yes / No / unlabelled)."""
+    return {
+        "pool": int(sum(label_counts.values())),
+        "excluded": {k: int(v) for k, v in sorted(status_counts.items()) if k != "ok"},
+        "labels": {
+            name: int(label_counts.get(key, 0)) for name, key in (("Yes", "Yes"), ("No", "No"), ("unlabelled", None))
+        },
+    }
 
 
 def _cap(cap: int) -> pl.Expr:

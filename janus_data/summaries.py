@@ -10,7 +10,6 @@ from janus_data.manifest import (
     EDIT_IMAGES_KIND,
     EDIT_SCORES_KIND,
     IMAGES_KIND,
-    SAMPLES_KIND,
     SCORES_KIND,
     manifest_dir,
 )
@@ -167,26 +166,46 @@ def score_headline(result: ScoreResult) -> str:
     return ""
 
 
+FILTER_TASK_NAMES = {
+    "t2i": "I   text->image",
+    "judge": "II  self-evaluation",
+    "regen": "III regeneration",
+    "edit": "I   edit",
+    "edit_judge": "II  edit self-evaluation",
+    "edit_regen": "III edit regeneration",
+}
+
+
 def filter_table(result: FilterResult) -> Table:
     """Per task: samples, shards, size, written by this call; pool, exclusions, prompt coverage, the mix."""
-    table = Table(title=f"janus data filter — threshold {result.threshold}", title_justify="left", box=box.SIMPLE)
+    kind = result.kind
+    edit = kind.name == "edit"
+    title = f"janus data filter{' --task edit' if edit else ''} — threshold {result.threshold}"
+    table = Table(title=title, title_justify="left", box=box.SIMPLE)
     for col in ("task", "samples", "shards", "MB", "written now"):
         table.add_column(col, justify="left" if col == "task" else "right", no_wrap=True)
-    names = {"t2i": "I   text->image", "judge": "II  self-evaluation", "regen": "III regeneration"}
     for task, t in result.tasks.items():
         table.add_row(
-            names.get(task, task), f"{t.samples:,}", f"{t.shards:,}", f"{t.bytes / 1e6:,.1f}", f"{t.written_now:,}"
+            FILTER_TASK_NAMES.get(task, task),
+            f"{t.samples:,}",
+            f"{t.shards:,}",
+            f"{t.bytes / 1e6:,.1f}",
+            f"{t.written_now:,}",
         )
     excluded = ", ".join(f"{n:,} {status}" for status, n in result.excluded.items()) or "none"
     labels = ", ".join(f"{n:,} {name}" for name, n in result.labels.items()) or "-"
     budget, dry = result.mix_budget()
     mix = ":".join(f"{w:g}" for w in result.mix)
+    good = "a good edit" if edit else "a good image"
+    plural = "" if result.references == 1 else "s"
+    refs = f" · {result.references:,} reference sample{plural} (edit.reference_samples)" if edit else ""
+    mix_key = "sft.edit_mix" if edit else "mix"
     table.caption = (
-        f"pool: {result.pool:,} usable scored images (excluded: {excluded}) · {result.prompts:,} prompts, "
-        f"{result.prompts_without_sample:,} without a good image, {result.prompts_without_pair:,} without a "
-        f"regeneration pair\nlabels ({result.judge_labels}): {labels}\n"
-        f"mix {mix}: {budget:,} samples before {dry or '-'} runs dry · wall {result.seconds:.1f} s\n"
-        f"shards: {result.run_dir / 'sft'}  manifest: {manifest_dir(result.run_dir, SAMPLES_KIND)}"
+        f"pool: {result.pool:,} usable scored {kind.noun} (excluded: {excluded}) · {result.prompts:,} {kind.group}, "
+        f"{result.prompts_without_sample:,} without {good}, {result.prompts_without_pair:,} without a "
+        f"regeneration pair{refs}\nlabels ({result.judge_labels}): {labels}\n"
+        f"{mix_key} {mix}: {budget:,} samples before {dry or '-'} runs dry · wall {result.seconds:.1f} s\n"
+        f"shards: {result.run_dir / kind.out_dir}  manifest: {manifest_dir(result.run_dir, kind.samples_kind)}"
     )
     table.caption_justify = "left"
     return table
@@ -194,5 +213,6 @@ def filter_table(result: FilterResult) -> Table:
 
 def filter_headline(result: FilterResult) -> str:
     if not result.rebuilt:
-        return "nothing to do: the shards already match these scores and this filter config"
+        what = "the edit shards" if result.task == "edit" else "the shards"
+        return f"nothing to do: {what} already match these scores and this filter config"
     return ""

@@ -77,11 +77,13 @@ class IntrospectiveChain:
         self.rounds = rounds
 
     @torch.no_grad()
-    def run(self, prompts: list[str], seeds: list[int]) -> list[list[ChainImage]]:
+    def run(self, prompts: list[str], seeds: list[int], sources: np.ndarray | None = None) -> list[list[ChainImage]]:
+        """B chains. With `sources` ((B, N) source codes) the prompts are instructions and the chain is
+        an edit chain: edit prefixes, the edit self-evaluation, edit regenerations (as GRPO's edit steps)."""
         steps = self.steps
         chains: list[list[ChainImage]] = [[] for _ in prompts]
         rows = list(range(len(prompts)))  # the chains drawing in this round
-        tokens, _ = steps.images(steps.t2i_prefixes(prompts), seeds, image_stage(0), want_logprobs=False)
+        tokens, _ = steps.images(steps.t2i_prefixes(prompts, sources), seeds, image_stage(0), want_logprobs=False)
         context: torch.Tensor | None = None
         for round_ in range(self.rounds + 1):
             pixels = np.concatenate([steps.decode(tokens[j : j + 1]) for j in range(len(rows))])
@@ -92,8 +94,9 @@ class IntrospectiveChain:
             if not self.introspect:
                 break
             texts, chain_seeds = [prompts[i] for i in rows], [seeds[i] for i in rows]
+            row_sources = None if sources is None else np.asarray(sources)[rows]
             pil = [Image.fromarray(a) for a in pixels]
-            ids, _, said_yes = steps.evaluate(texts, pil, chain_seeds, evaluation_stage(round_))
+            ids, _, said_yes = steps.evaluate(texts, pil, chain_seeds, evaluation_stage(round_), row_sources)
             for j, i in enumerate(rows):
                 image = chains[i][-1]
                 image.answer, image.evaluation = ("Yes" if said_yes[j] else "No"), ids[j]
@@ -102,7 +105,8 @@ class IntrospectiveChain:
             if not redo or round_ == self.rounds:
                 break
             context = torch.cat([steps.context(tokens[j : j + 1], pixels[j : j + 1]) for j in redo])
-            prefixes = steps.regen_prefixes([texts[j] for j in redo], context, [ids[j] for j in redo])
+            redo_sources = None if row_sources is None else row_sources[redo]
+            prefixes = steps.regen_prefixes([texts[j] for j in redo], context, [ids[j] for j in redo], redo_sources)
             rows = [rows[j] for j in redo]
             tokens, _ = steps.images(prefixes, [seeds[i] for i in rows], image_stage(round_ + 1), want_logprobs=False)
         return chains

@@ -58,7 +58,7 @@ def check_run(run_dir: Path | None) -> None:
 def check_edit_args(
     edit: Path | None, instruction: str | None, prompt: str | None, prompts: Path | None, introspect: bool | None
 ) -> None:
-    """--edit IMAGE goes with a non-empty --instruction, and with neither prompt option nor --introspect."""
+    """--edit IMAGE goes with a non-empty --instruction, and with neither prompt option (--introspect: the edit chain)."""
     if edit is None:
         if instruction is not None:
             raise PromptError("--instruction needs --edit", hint="pass the image to edit: --edit IMAGE")
@@ -67,8 +67,6 @@ def check_edit_args(
         what = "is empty" if instruction is not None else "is missing"
         raise PromptError(f"--edit needs an --instruction; it {what}", hint="e.g. --instruction 'make the car red'")
     clash = [flag for flag, value in (("--prompt", prompt), ("--prompts", prompts)) if value is not None]
-    if introspect:
-        clash.append("--introspect")
     if clash:
         raise PromptError(
             f"--edit cannot be combined with {', '.join(clash)}", hint="draw edits and prompts in separate calls"

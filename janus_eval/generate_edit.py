@@ -6,6 +6,10 @@ edit's id (`edit_sources.edit_id_for`, the same id `janus data synth --task edit
 derive_seed(eval.seed, edit_id, "edit", sample). Images and the generations manifest are those of
 `janus generate` (`gen_manifest`, written by `generate.write_batch`), so a rerun draws only what is
 missing; OUT/edit_source.png is the prepared source, as the model saw it.
+
+With --introspect (`EditChain`) every sample is the trained edit chain instead: the edit, the model's
+own evaluation of it (the `edit_judge` sequence), and on No a redraw from the `edit_regen` prefix, up
+to `rounds` times: `chain.IntrospectiveChain` with the source's codes, as GRPO's edit steps draw.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from PIL import Image
 
 from janus_data.config import JanusRunConfig
 from janus_data.edit_sources import edit_id_for
+from janus_data.generators.janus_edit import center_crop
 from janus_data.manifest import atomic_write
 from janus_data.progress import stage_progress
 from janus_data.prompts import normalise_prompt, prompt_schema
-from janus_eval.chain import ChainImage
+from janus_eval.chain import ChainImage, IntrospectiveChain, load_chain_steps
 from janus_eval.checkpoints import EvalCheckpoint, resolve_checkpoint
-from janus_eval.gen_checks import check_edit_args, check_edit_image, check_n, check_out
+from janus_eval.gen_checks import check_counts, check_edit_args, check_edit_image, check_out
 from janus_eval.gen_manifest import CHAIN_KEY, check_settings, clean_out, drop_incomplete_chains, read_generations
 from janus_eval.generate import GenerateResult, GenerationCounts, batches, drawing_settings, plan_chains, write_batch
 
@@ -70,11 +75,13 @@ class EditRequest:
         return pl.DataFrame(row, schema=prompt_schema())
 
 
-def edit_settings(ckpt: EvalCheckpoint, cfg: JanusRunConfig, edit: EditRequest) -> dict:
+def edit_settings(
+    ckpt: EvalCheckpoint, cfg: JanusRunConfig, edit: EditRequest, introspect: bool = False, rounds: int = 0
+) -> dict:
     """What decides the edits' images: the drawing settings of `generate`, the task and the edit itself.
 
     An OUT holds one edit (its edit_source.png): another image or instruction needs another --out."""
-    settings = drawing_settings(ckpt, cfg, introspect=False, rounds=0)
+    settings = drawing_settings(ckpt, cfg, introspect=introspect, rounds=rounds)
     return {**settings, "task": "edit", "edit_id": edit.edit_id, "source_fit": "center_crop"}
 
 
@@ -98,27 +105,33 @@ def run_generate_edit(
     run_dir: Path | None = None,
     n: int | None = None,
     progress: bool | None = None,
+    introspect: bool | None = None,
+    rounds: int | None = None,
 ) -> GenerateResult:
     """Draw every missing edit sample 0..n-1 of (`image`, `instruction`) from `checkpoint` into OUT.
 
-    `checkpoint`: see `checkpoints.resolve_checkpoint`; n defaults to `cfg.eval.images_per_prompt`."""
+    `checkpoint`: see `checkpoints.resolve_checkpoint`; n, introspect and rounds default to `cfg.eval`'s.
+    With `introspect` each edit is a chain: the model evaluates its edit and redraws on No (the edit
+    sequences of SFT and GRPO, `chain.IntrospectiveChain` with sources)."""
     start = time.perf_counter()
     out = Path(out)
     n = cfg.eval.images_per_prompt if n is None else n
-    check_n(n)
+    introspect = cfg.eval.introspect if introspect is None else introspect
+    rounds = cfg.eval.rounds if rounds is None else rounds
+    check_counts(n, rounds)
     edit = EditRequest.read(image, instruction)
     ckpt = resolve_checkpoint(checkpoint, run_dir, cfg)
     check_out(out)
     clean_out(out)
-    check_settings(out, edit_settings(ckpt, cfg, edit))
-    result = GenerateResult(out, ckpt, 1, n, introspect=False, rounds=0)
+    check_settings(out, edit_settings(ckpt, cfg, edit, introspect, rounds))
+    result = GenerateResult(out, ckpt, 1, n, introspect=introspect, rounds=rounds)
     result.repaired = drop_incomplete_chains(out)
     plan = plan_chains(edit.frame(), n, cfg.eval.seed, EDIT_STREAM)
     done = read_generations(out).select(CHAIN_KEY).unique()
     todo = plan.join(done, on=list(CHAIN_KEY), how="anti").sort("order", "sample")
     result.planned, result.existing = plan.height, plan.height - todo.height
     if todo.height or not (out / SOURCE_FILE).is_file():
-        editor = load_editor(ckpt, cfg)
+        editor = load_editor(ckpt, cfg) if not introspect else EditChain(ckpt, cfg, rounds)
         with Image.open(edit.image) as opened:
             source = opened.convert("RGB")
         prepared = editor.prepare_sources([source])
@@ -140,14 +153,35 @@ def run_generate_edit(
     return result
 
 
+class EditChain:
+    """The introspective edit chain on a checkpoint: the source prepared and encoded by the model's own
+    VQ (JanusEditor's centre crop), then `IntrospectiveChain` with the source's codes on every row."""
+
+    def __init__(self, ckpt: EvalCheckpoint, cfg: JanusRunConfig, rounds: int):
+        self.steps = load_chain_steps(ckpt.path, cfg)
+        self.chain = IntrospectiveChain(self.steps, introspect=True, rounds=rounds)
+
+    def prepare_sources(self, sources: list[Image.Image]) -> list[Image.Image]:
+        return [center_crop(s, self.steps.vq.image_size) for s in sources]
+
+    def encode_sources(self, prepared: list[Image.Image]) -> np.ndarray:
+        return self.steps.vq.encode(prepared)
+
+    def draw(self, source_codes: np.ndarray, batch: pl.DataFrame) -> list[list[ChainImage]]:
+        codes = np.repeat(source_codes, batch.height, axis=0)
+        return self.chain.run(batch["prompt"].to_list(), batch["seed"].to_list(), sources=codes)
+
+
 @torch.inference_mode()
 def draw_batch(editor, source_codes: np.ndarray, batch: pl.DataFrame) -> list[list[ChainImage]]:
-    """B edits of one source (its (1, N) codes): one single-image chain each.
+    """B edits of one source (its (1, N) codes): one chain each (`EditChain`), or one single image each.
 
     Images are VQ-decoded one at a time, as `chain.IntrospectiveChain` does: the VQ convolutions round
     differently with the batch size, and an image must not depend on the batch it was drawn in."""
     from janus_data.generators.janus_loop import decode_image_tokens
 
+    if isinstance(editor, EditChain):
+        return editor.draw(source_codes, batch)
     codes = np.repeat(source_codes, batch.height, axis=0)
     tokens, _ = editor.generate_tokens(codes, batch["prompt"].to_list(), batch["seed"].to_list())
     chains = []

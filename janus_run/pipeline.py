@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from janus_data.config import JanusRunConfig, to_dict
+from janus_data.edit_sources import check_edit_source
 from janus_data.errors import ConfigError, JanusError, one_line
 from janus_data.eval_results import EVAL_DIR
 from janus_data.manifest import atomic_write
@@ -75,23 +76,45 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def fingerprint(cfg: JanusRunConfig, stage: str, upstream: str, prompts: Path | None) -> str:
-    """What `stage`'s output depends on, as a hex digest."""
+EDIT_STAGES = ("synth", "score", "filter")  # the stages that also run `--task edit` when the chain has edits
+
+
+# Settings added after runs were first recorded: at their defaults they are left out of the fingerprint,
+# so a run recorded before they existed is not redone (and its checkpoints not set aside) for them.
+LATER_SETTINGS = {"sft": ("edit_share", "edit_mix"), "rl": ("edit_share", "edits")}
+
+
+def _section(tree: dict[str, Any], stage: str) -> dict[str, Any]:
+    defaults = to_dict(JanusRunConfig()).get(stage, {})
+    later = LATER_SETTINGS.get(stage, ())
+    return {k: v for k, v in tree[stage].items() if not (k in later and v == defaults.get(k))}
+
+
+def fingerprint(cfg: JanusRunConfig, stage: str, upstream: str, prompts: Path | None, edits: Path | None = None) -> str:
+    """What `stage`'s output depends on, as a hex digest (with edits: also the edit section and source)."""
     tree = to_dict(cfg)
     parts = {
         "stage": stage,
         "upstream": upstream,
-        "section": tree[stage],
+        "section": _section(tree, stage),
         "depends": {key: _lookup(tree, key) for key in _DEPENDS[stage]},
     }
     if stage == "synth" and prompts is not None:
         parts["prompts"] = _digest(Path(prompts))
+    if edits is not None and stage in EDIT_STAGES:  # absent without edits: text-to-image runs keep their records
+        parts["edit"] = tree["edit"]
+        if stage == "synth":
+            parts["edits"] = _digest(Path(edits))
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _digest(path: Path) -> str:
-    """sha256 of a prompt file's bytes, or of every file (name and bytes) of a saved `datasets` directory."""
+    """sha256 of a prompt file's bytes, or of every file (name and bytes) of a saved `datasets` directory.
+
+    An edit source's images are files beside it: their paths are in its bytes, their bytes are not
+    (a changed image under the same name is not noticed; `janus data synth --task edit` itself keys
+    edits by the image bytes)."""
     if not path.is_dir():
         return hashlib.sha256(path.read_bytes()).hexdigest()
     h = hashlib.sha256()
@@ -133,21 +156,39 @@ def run_pipeline(
     progress: bool | None = None,
     on_stage: Callable[[StageOutcome], None] | None = None,
     resume_hint: str = "janus run",
+    edits: Path | None = None,
 ) -> list[StageOutcome]:
     """Run the selected stages in order, skipping those already complete with the same inputs.
 
     `on_stage` is called after each stage (ran or skipped), e.g. to print its summary.
     `resume_hint` is the command line a failure message tells the user to rerun.
+    `edits`: an edit source; synth, score and filter then run on the edits too (their result is
+    then the list [text-to-image result, edit result]) for sft.edit_share and rl.edit_share.
     """
     run_dir = Path(run_dir)
     selected = stage_range(start, stop)
     if prompts is not None:  # before anything is written: a wrong path leaves no run directory behind
         check_prompt_file(prompts)
+    if edits is not None:
+        check_edit_source(Path(edits))
     save_run_config(run_dir, cfg)
+
+    def both(t2i: Callable[[], Any], edit: Callable[[], Any]) -> Callable[[], Any]:
+        return t2i if edits is None else lambda: [t2i(), edit()]
+
     runners: dict[str, Callable[[], Any]] = {
-        "synth": lambda: stages.synth(run_dir, cfg, prompts, progress=progress),
-        "score": lambda: stages.score(run_dir, cfg, progress=progress),
-        "filter": lambda: stages.filter_(run_dir, cfg, progress=progress),
+        "synth": both(
+            lambda: stages.synth(run_dir, cfg, prompts, progress=progress),
+            lambda: stages.synth_edits(run_dir, cfg, Path(edits), progress=progress),
+        ),
+        "score": both(
+            lambda: stages.score(run_dir, cfg, progress=progress),
+            lambda: stages.score(run_dir, cfg, progress=progress, task="edit"),
+        ),
+        "filter": both(
+            lambda: stages.filter_(run_dir, cfg, progress=progress),
+            lambda: stages.filter_(run_dir, cfg, progress=progress, task="edit"),
+        ),
         "sft": lambda: stages.sft(run_dir, cfg, progress=progress),
         "rl": lambda: stages.rl(run_dir, cfg, progress=progress),
         "eval": lambda: stages.eval_(run_dir, cfg, progress=progress),
@@ -155,7 +196,7 @@ def run_pipeline(
     outcomes = []
     upstream = ""
     for stage in STAGES:
-        fp = fingerprint(cfg, stage, upstream, prompts if stage == "synth" else None)
+        fp = fingerprint(cfg, stage, upstream, prompts if stage == "synth" else None, edits)
         if stage == "synth" and prompts is None:
             # No prompt file given: the run's own prompts, whatever was recorded when they came in.
             fp = (read_record(run_dir, stage) or {}).get("fingerprint", fp)
@@ -221,12 +262,16 @@ def run_chain(
     report: bool = True,
     progress: bool | None = None,
     on_stage: Callable[[StageOutcome], None] | None = None,
+    edits: Path | None = None,
 ) -> ChainResult:
-    """`janus run`: run dir and prompt file (flags, else the config's `pipeline`), the stages, the report."""
+    """`janus run`: run dir, prompt file and edit source (flags, else the config's `pipeline`), the stages, the report."""
     run_dir = run_dir or (Path(cfg.pipeline.run_dir) if cfg.pipeline.run_dir else None)
     if run_dir is None:
         raise ConfigError("no run directory", hint="pass --run DIR or set pipeline.run_dir in the config")
     prompts = prompts or (Path(cfg.pipeline.prompts) if cfg.pipeline.prompts else None)
+    edits = edits or (Path(cfg.pipeline.edits) if cfg.pipeline.edits else None)
     hint = f"janus run --config {config} --run {run_dir}"  # `config`: the preset or file, as the user gave it
-    outcomes = run_pipeline(run_dir, cfg, prompts, start, stop, progress, on_stage=on_stage, resume_hint=hint)
+    outcomes = run_pipeline(
+        run_dir, cfg, prompts, start, stop, progress, on_stage=on_stage, resume_hint=hint, edits=edits
+    )
     return ChainResult(run_dir, outcomes, stages.report(run_dir).path if report else None)

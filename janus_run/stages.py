@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from janus_data.checks import (
     require_edit_images,
+    require_edit_scores,
     require_edits,
     require_images,
     require_manifests,
@@ -45,7 +46,7 @@ DATA_TASKS = ("t2i", "edit")  # `janus data synth|score --task`: text-to-image, 
 STAGE_OUTPUTS = {
     "synth": "manifests/images, images/",
     "score": "manifests/scores",
-    "filter": "sft/{t2i,judge,regen}/*.tar, manifests/samples",
+    "filter": "sft/{t2i,judge,regen}/*.tar, manifests/samples (edits: sft_edit/, manifests/edit_samples)",
     "sft": CKPT_DIRS["sft"],
     "rl": CKPT_DIRS["rl"],
     "eval": "eval/{geneval,judge}/<checkpoint>/",
@@ -123,12 +124,16 @@ def score(
     return run_score(run_dir, cfg, shard, progress=progress)
 
 
-def filter_(run_dir: Path, cfg: JanusRunConfig, progress: bool | None = None) -> FilterResult:
-    """`janus data filter`: the prompts, images and scores manifests, then the stage."""
-    require_manifests(run_dir)
+def filter_(run_dir: Path, cfg: JanusRunConfig, progress: bool | None = None, task: str = "t2i") -> FilterResult:
+    """`janus data filter`: the prompts, images and scores manifests (the edit manifests for --task edit), then
+    the stage."""
+    if _task(task) == "edit":
+        require_edit_scores(run_dir)
+    else:
+        require_manifests(run_dir)
     from janus_data.filter import run_filter
 
-    return run_filter(run_dir, cfg, progress=progress)
+    return run_filter(run_dir, cfg, progress=progress, task=task)
 
 
 def sft(
@@ -140,8 +145,8 @@ def sft(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> SFTResult:
-    """`janus train sft`: the filter's shards, then the trainer (`sft.run_sft`)."""
-    require_sft_shards(run_dir)
+    """`janus train sft`: the filter's shards its task weights draw from, then the trainer (`sft.run_sft`)."""
+    require_sft_shards(run_dir, cfg.sft)
     from janus_train.sft import run_sft
 
     return run_sft(run_dir, cfg, max_steps, resume=resume, restart=restart, progress=progress, log=log)

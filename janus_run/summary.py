@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from rich import box
 from rich.table import Table
 
-from janus_data.janus_format import TASKS
+from janus_data.janus_format import ALL_TASKS
 from janus_data.rundir import CKPT_DIRS, METRICS, first_latest_table, read_metrics
 from janus_run.stages import STAGE_OUTPUTS
 from janus_train.resume import POLICY_SOURCES
@@ -52,7 +52,7 @@ def _start_note(result: TrainResult) -> str:
 def sft_table(result: SFTResult) -> Table:
     """Each task's loss at the first and latest logged step, throughput, where the checkpoint is."""
     title = f"janus train sft — steps {result.start_step} -> {result.end_step} of {result.max_steps}"
-    keys = {task: f"loss/{task}" for task in (*TASKS, "total")}
+    keys = {task: f"loss/{task}" for task in (*ALL_TASKS, "total")}
     table = _metrics_table(title, result.run_dir, "sft", keys, "loss")
     table.caption = (
         f"{_start_note(result)}{result.samples:,} samples on {result.world_size} process(es) "
@@ -70,6 +70,8 @@ RL_ROWS = {
     "self-check acc @0.5": "selfcheck_acc",
     "regeneration rate": "regen_rate",
     "Aha rate (S2 > S1)": "aha_rate",
+    "edit steps: S_flw (final)": "reward/flw",
+    "edit steps: S_psv (final)": "reward/psv",
     "KL to reference": "kl",
     "clip fraction": "clip_frac",
 }
@@ -139,6 +141,8 @@ def outcome_summary(outcome: StageOutcome) -> list[Any]:
     """What `janus run` prints as it finishes a stage, or finds it already complete."""
     if outcome.status == "skipped":
         return [f"[dim]skip {outcome.stage}: already complete with these inputs[/]"]
+    if isinstance(outcome.result, list):  # text-to-image and edits (`run_pipeline`'s edits)
+        return [part for result in outcome.result for part in stage_summary(outcome.stage, result)]
     return stage_summary(outcome.stage, outcome.result)
 
 

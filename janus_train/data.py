@@ -1,16 +1,20 @@
 """The SFT data stream: the three sub-tasks' WebDataset shards mixed by ratio, seeded and resumable.
 
-`TaskMixer(sft_dir, mix)` reads `<sft_dir>/<task>/sft-*.tar` (what `janus data filter` writes,
-docs/filter.md) and yields `(task, decoded sample)` forever:
+`TaskMixer(sft_dir, mix, edit_dir=...)` reads `<sft_dir>/<task>/sft-*.tar` for the text-to-image
+tasks (TASKS: what `janus data filter` writes, docs/filter.md) and `<edit_dir>/<task>/sft-*.tar`
+for the edit tasks (EDIT_TASKS: `janus data filter --task edit`), and yields `(task, decoded
+sample)` forever:
 
 - Task choice. `mix_unit="sample"`: draw n picks a task in proportion to `mix` (the paper's
-  0.2 : 0.3 : 0.5 for t2i : judge : regen) from a uniform number hashed from (seed, rank, n):
+  0.2 : 0.3 : 0.5 for t2i : judge : regen; with edits, `janus_data.config_train.sft_task_weights`)
+  from a uniform number hashed from (seed, rank, n):
   counter-based, so the choice needs no RNG state to resume, and ranks draw independently of
   each other (each rank's batch follows the mix on its own, and a global batch is closer to the
   mix than if every rank picked the same tasks). `mix_unit="step"` (the released trainer,
   trainer_t2i.py:137-140): draws n of step n // step_samples all take the task hashed from
   (seed, step), the same on every rank, so a whole optimizer step is one task. A task of weight
-  0 is never drawn and needs no shards.
+  0 is never drawn and needs no shards (nor a directory). The drawable tasks are taken in
+  ALL_TASKS order, so a mix without edit weights draws exactly what it drew before edits existed.
 - Per-task epochs. Each task's stream cycles through epochs. Epoch e of task t lists the task's
   shards, shuffles them with a seed hashed from (seed, t, e) (the same on every rank), splits
   them across ranks, streams the rank's samples through a shuffle buffer of `shuffle_buffer`
@@ -52,11 +56,12 @@ from pathlib import Path
 from typing import Any
 
 from janus_data.errors import JanusError
-from janus_data.janus_format import TASKS
+from janus_data.janus_format import ALL_TASKS, EDIT_TASKS, TASKS
 from janus_data.wds import decode_sample, iter_samples, list_shards
 
 STATE_VERSION = 1
 FILTER_HINT = "run `janus data filter` first"
+EDIT_FILTER_HINT = "run `janus data filter --task edit` first, or set sft.edit_share to 0"
 VQ_HINT = "rebuild with janus data filter, or train the checkpoint the run generated with"
 
 
@@ -76,22 +81,23 @@ def _uniform(*parts: object) -> float:
 
 
 def _normalise_mix(mix: Mapping[str, float] | Sequence[float]) -> dict[str, float]:
-    """`mix` as {task: weight} for every task in TASKS; a 3-sequence is read as (t2i, judge, regen)."""
+    """`mix` as {task: weight}: every task in TASKS (0 when a mapping leaves it out) and the edit tasks
+    a mapping names; a 3-sequence is read as (t2i, judge, regen), a 6-sequence as ALL_TASKS."""
     if isinstance(mix, Mapping):
-        unknown = sorted(set(mix) - set(TASKS))
+        unknown = sorted(set(mix) - set(ALL_TASKS))
         if unknown:
             raise DataError(
-                f"unknown task {', '.join(map(str, unknown))} in the SFT mix", hint=f"tasks are {', '.join(TASKS)}"
+                f"unknown task {', '.join(map(str, unknown))} in the SFT mix", hint=f"tasks are {', '.join(ALL_TASKS)}"
             )
-        items = {t: mix.get(t, 0.0) for t in TASKS}
+        items = {t: mix.get(t, 0.0) for t in ALL_TASKS if t in TASKS or t in mix}
     else:
         weights = list(mix)
-        if len(weights) != len(TASKS):
+        if len(weights) not in (len(TASKS), len(ALL_TASKS)):
             raise DataError(
-                f"the SFT mix needs {len(TASKS)} weights ({', '.join(TASKS)}), got {weights}",
+                f"the SFT mix needs {len(TASKS)} weights ({', '.join(TASKS)}) or {len(ALL_TASKS)}, got {weights}",
                 hint="e.g. 0.2, 0.3, 0.5 as in the paper",
             )
-        items = dict(zip(TASKS, weights, strict=True))
+        items = dict(zip(ALL_TASKS, weights, strict=False))
     out: dict[str, float] = {}
     for task, w in items.items():
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
@@ -108,12 +114,17 @@ def _normalise_mix(mix: Mapping[str, float] | Sequence[float]) -> dict[str, floa
     return out
 
 
+def _hint(task: str) -> str:
+    """Which command writes `task`'s shards."""
+    return EDIT_FILTER_HINT if task in EDIT_TASKS else FILTER_HINT
+
+
 class TaskMixer:
     """Infinite, seeded, resumable stream of `(task, sample)` mixing the SFT sub-tasks by `mix`."""
 
     def __init__(
         self,
-        sft_dir: Path,
+        sft_dir: Path | None,
         mix: Mapping[str, float] | Sequence[float],
         seed: int = 0,
         rank: int = 0,
@@ -122,6 +133,7 @@ class TaskMixer:
         expected_vq_model: str | None = None,
         mix_unit: str = "sample",
         step_samples: int = 1,
+        edit_dir: Path | None = None,
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise DataError(f"SFT data seed must be an integer, got {seed!r}")
@@ -133,7 +145,8 @@ class TaskMixer:
             raise DataError(f"mix_unit must be 'sample' or 'step', got {mix_unit!r}")
         if isinstance(step_samples, bool) or not isinstance(step_samples, int) or step_samples < 1:
             raise DataError(f"step_samples must be an integer >= 1, got {step_samples!r}")
-        self.sft_dir = Path(sft_dir)
+        self.sft_dir = Path(sft_dir) if sft_dir is not None else None
+        self.edit_dir = Path(edit_dir) if edit_dir is not None else None
         self.mix = _normalise_mix(mix)
         self.seed = seed
         self.rank = rank
@@ -142,10 +155,9 @@ class TaskMixer:
         self.expected_vq_model = expected_vq_model
         self.mix_unit = mix_unit
         self.step_samples = step_samples
-        if not self.sft_dir.is_dir():
-            raise DataError(f"SFT directory {self.sft_dir} does not exist", hint=FILTER_HINT)
-        # tasks that can be drawn, in TASKS order (not the mix dict's order), with cumulative weights
-        self.tasks = [t for t in TASKS if self.mix[t] > 0]
+        # tasks that can be drawn, in ALL_TASKS order (not the mix dict's order), with cumulative weights
+        self.tasks = [t for t in ALL_TASKS if self.mix.get(t, 0.0) > 0]
+        self._dirs = self._task_dirs()
         self._cum: list[float] = []
         total = 0.0
         for t in self.tasks:
@@ -153,9 +165,9 @@ class TaskMixer:
             self._cum.append(total)
         self._shards: dict[str, list[Path]] = {}
         for t in self.tasks:
-            shards = list_shards(self.sft_dir / t)
+            shards = list_shards(self._dirs[t])
             if not shards:
-                raise DataError(f"no shards for task {t} under {self.sft_dir / t}", hint=FILTER_HINT)
+                raise DataError(f"no shards for task {t} under {self._dirs[t]}", hint=_hint(t))
             self._shards[t] = shards
         self._draws = 0
         self._epoch = dict.fromkeys(self.tasks, 0)
@@ -169,6 +181,19 @@ class TaskMixer:
                 first.close()
             if raw is not None:
                 self._check(t, raw)
+
+    def _task_dirs(self) -> dict[str, Path]:
+        """Each drawable task's shard directory: `<sft_dir>/<task>` (TASKS), `<edit_dir>/<task>` (EDIT_TASKS)."""
+        dirs = {}
+        for group, root, what in ((TASKS, self.sft_dir, "SFT"), (EDIT_TASKS, self.edit_dir, "edit SFT")):
+            drawn = [t for t in self.tasks if t in group]
+            if not drawn:
+                continue  # weight 0: no directory needed
+            if root is None or not root.is_dir():
+                where = f"{what} directory {root} does not exist" if root is not None else f"no {what} directory"
+                raise DataError(f"{where} for task(s) {', '.join(drawn)}", hint=_hint(drawn[0]))
+            dirs.update({t: root / t for t in drawn})
+        return dirs
 
     # -- the per-task epoch streams --------------------------------------------------------------
 
@@ -222,7 +247,7 @@ class TaskMixer:
             if self._consumed[task] == 0:
                 raise DataError(
                     f"rank {self.rank} of {self.world_size} gets no samples of task {task} "
-                    f"(under {self.sft_dir / task}: fewer samples than ranks)",
+                    f"(under {self._dirs[task]}: fewer samples than ranks)",
                     hint="build more SFT data, train on fewer ranks, or give the task weight 0",
                 )
             self._epoch[task] += 1
@@ -237,7 +262,7 @@ class TaskMixer:
     # -- checks ----------------------------------------------------------------------------------
 
     def _check(self, task: str, raw: dict[str, Any]) -> None:
-        where = f"shard {self.sft_dir / task / str(raw.get('__shard__'))} (sample {raw.get('__key__')})"
+        where = f"shard {self._dirs[task] / str(raw.get('__shard__'))} (sample {raw.get('__key__')})"
         data = raw.get("json")
         if not isinstance(data, (bytes, bytearray)):
             raise DataError(f"{where} has no json record", hint="rebuild with janus data filter")

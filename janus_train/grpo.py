@@ -24,10 +24,12 @@ import torch
 
 from janus_data.config import RLConfig, check_rl_logps
 from janus_data.generators.sampling import SamplerParams
+from janus_data.judge.scoring import W_FLW, W_PSV
 from janus_train.core import Distributed, Precision
 from janus_train.grpo_math import SEGMENTS, SegmentWeights, grpo_loss
 from janus_train.logprobs import rollout_logprobs, segments_for
 from janus_train.parallel import full_model_state, gradient_sync, touch_trainable_heads, wrap_parallel
+from janus_train.rewards import combined_edit_reward
 from janus_train.rollout import RolloutEngine, RolloutParams, Rollouts
 from janus_train.sequences import SequenceBuilder
 
@@ -81,7 +83,9 @@ class GRPOStep:
         cfg: RLConfig,
         dist: Distributed,
         precision: Precision | None = None,
+        edit_weights: tuple[float, float] = (W_FLW, W_PSV),
     ):
+        """`edit_weights`: (w_flw, w_psv) of an edit's reward R = w_flw * S_flw + w_psv * S_psv."""
         check_rl_logps(cfg)  # a config built without validate() (benchmarks) is checked here
         self.policy = policy
         self.reference = reference
@@ -90,6 +94,7 @@ class GRPOStep:
         self.scorer = scorer
         self.cfg = cfg
         self.dist = dist
+        self.edit_weights = edit_weights
         self.device = next(policy.parameters()).device
         image = SamplerParams(cfg.cfg_weight, cfg.temperature, cfg.top_k, cfg.top_p)
         params = RolloutParams(image, cfg.text_temperature, cfg.reason_tokens, cfg.regen_context)
@@ -124,25 +129,46 @@ class GRPOStep:
         """The policy's whole state dict on every process (gathered under FSDP), e.g. for a reference refresh."""
         return full_model_state(self.module, self.parallel) or self.policy.state_dict()
 
-    def rollout(self, texts: list[str], seeds: list[int]) -> Rollouts:
+    def rollout(self, texts: list[str], seeds: list[int], sources: list | None = None) -> Rollouts:
+        """B rollouts of `texts`; with `sources` (B source images, PIL) the texts are instructions and
+        the rollouts are edits of the sources, prepared by the policy's own VQ."""
         self.policy.eval()
+        codes = pixels = None
+        if sources is not None:
+            codes, pixels = self.engine.prepare_sources(sources)
         if self.actor is not self.policy:  # already in low precision: no autocast casts
-            return self.engine.run(texts, seeds)
+            return self.engine.run(texts, seeds, codes, pixels)
         with self.autocast():
-            return self.engine.run(texts, seeds)
+            return self.engine.run(texts, seeds, codes, pixels)
+
+    @property
+    def reward_scale(self) -> float:
+        """What S is divided by for the self-check reward: 1, or w_flw + w_psv for edits (R's range)."""
+        return float(sum(self.edit_weights))
 
     def score(self, ro: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
-        """S(image 1) per rollout and S(image 2) (NaN where none was drawn), in one scorer call."""
+        """S(image 1) per rollout and S(image 2) (NaN where none was drawn), in one scorer call.
+
+        Edit rollouts: S is the combined R = w_flw * S_flw + w_psv * S_psv of (source, edit); the two
+        sides land in `ro.edit_scores`."""
         redo = ro.regenerated
-        scores = self.scorer.score(
-            ro.prompts + [ro.prompts[i] for i in redo],
-            [*ro.pixels1, *(ro.pixels2[i] for i in redo)],
-            [*ro.image1, *(ro.image2[i] for i in redo)],
-        )
-        s1 = torch.tensor(scores[: len(ro)], dtype=torch.float32)
-        s2 = torch.full_like(s1, float("nan"))
-        s2[redo] = torch.tensor(scores[len(ro) :], dtype=torch.float32)
-        return s1, s2
+        rows = list(range(len(ro))) + redo
+        pixels = [*ro.pixels1, *(ro.pixels2[i] for i in redo)]
+        tokens = [*ro.image1, *(ro.image2[i] for i in redo)]
+        texts = [ro.prompts[i] for i in rows]
+        if ro.is_edit:
+            assert ro.sources is not None and ro.source_pixels is not None
+            sources = [ro.source_pixels[i] for i in rows]
+            flw, psv = self.scorer.score_edits(texts, sources, pixels, tokens, [ro.sources[i] for i in rows])
+            sides = {"flw": torch.tensor(flw), "psv": torch.tensor(psv)}
+            scores = combined_edit_reward(sides["flw"], sides["psv"], *self.edit_weights).tolist()
+            ro.edit_scores = {}
+            for side, values in sides.items():
+                first, second = _split(values.tolist(), len(ro), redo)
+                ro.edit_scores[f"{side}1"], ro.edit_scores[f"{side}2"] = first, second
+        else:
+            scores = self.scorer.score(texts, pixels, tokens)
+        return _split(scores, len(ro), redo)
 
     def backward(self, ro: Rollouts, advantages: dict[str, torch.Tensor]) -> dict[str, float]:
         """Accumulate the step's gradient over micro-batches; sums for the loss statistics."""
@@ -183,6 +209,24 @@ class GRPOStep:
         return sums
 
 
+def _final_sides(ro: Rollouts) -> list[float]:
+    """Sums of S_flw and S_psv of the final images of an edit step ([] for text-to-image)."""
+    if ro.edit_scores is None:
+        return []
+    yes = ro.said_yes.bool()
+    return [
+        float(torch.where(yes, ro.edit_scores[f"{side}1"], ro.edit_scores[f"{side}2"]).sum()) for side in ("flw", "psv")
+    ]
+
+
+def _split(scores: list[float], n: int, redo: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores of image 1 (n) then of the redone rows' image 2 -> (s1, s2 with NaN where none was drawn)."""
+    s1 = torch.tensor(scores[:n], dtype=torch.float32)
+    s2 = torch.full_like(s1, float("nan"))
+    s2[redo] = torch.tensor(scores[n:], dtype=torch.float32)
+    return s1, s2
+
+
 @dataclass
 class RefState:
     """The reference policy's bookkeeping: the reward's moving average, its best, refreshes so far."""
@@ -208,8 +252,11 @@ class RefState:
         self.lr_scale *= cfg.refresh_lr_factor
 
 
-def step_metrics(rewards, s1, s2, ro: Rollouts, sums: dict, dist: Distributed) -> dict[str, float]:
-    """Global (all processes) means of the step's rewards and rates, and the loss statistics."""
+def step_metrics(rewards, s1, s2, ro: Rollouts, sums: dict, dist: Distributed, scale: float = 1.0) -> dict[str, float]:
+    """Global (all processes) means of the step's rewards and rates, and the loss statistics.
+
+    Edit steps (every process runs the same kind of step) add the final images' mean S_flw and S_psv
+    and `edit` = 1; the self-check agreement compares the answer with S / `scale` at 0.5."""
     said_yes = ro.said_yes.float()
     redo = ~ro.said_yes
     improved = (s2 > s1) & redo
@@ -218,7 +265,7 @@ def step_metrics(rewards, s1, s2, ro: Rollouts, sums: dict, dist: Distributed) -
             float(rewards["image1"].sum()),
             float(rewards["judge"].sum()),
             float(rewards["final"].sum()),
-            float(((s1 >= 0.5).float() == said_yes).float().sum()),  # self-check agrees with the judge at 0.5
+            float(((s1 / scale >= 0.5).float() == said_yes).float().sum()),  # self-check agrees with the judge at 0.5
             float(redo.float().sum()),
             float(improved.float().sum()),
             float(len(s1)),
@@ -227,13 +274,17 @@ def step_metrics(rewards, s1, s2, ro: Rollouts, sums: dict, dist: Distributed) -
             sums["kl_n"],
             sums["clip"],
             sums["clip_n"],
+            *_final_sides(ro),
         ],
         dtype=torch.float64,
     )
     if dist.active:
         torch.distributed.all_reduce(local)
-    r1, r2, r3, agree, regen, better, n, loss, kl, kl_n, clip, clip_n = local.tolist()
+    r1, r2, r3, agree, regen, better, n, loss, kl, kl_n, clip, clip_n, *sides = local.tolist()
+    edit = {"reward/flw": sides[0] / n, "reward/psv": sides[1] / n} if sides else {}
     return {
+        "edit": float(ro.is_edit),
+        **edit,
         "reward/r1": r1 / n,
         "reward/r2": r2 / n,
         "reward/r3": r3 / n,

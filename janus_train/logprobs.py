@@ -93,12 +93,16 @@ def rollout_logprobs(
     tok1 = ro.image1[rows].to(device)
     # image 1: Task-I sequences and their unconditional twins (the turn padded)
     samples = [
-        builder.t2i(p, t.cpu().numpy(), drop=d) for d in (False, True) for p, t in zip(prompts, tok1, strict=True)
+        builder.t2i(prompts[i], tok1[i].cpu().numpy(), drop=d, source=ro.source(r))
+        for d in (False, True)
+        for i, r in enumerate(rows)
     ]
     cond, uncond = _image_targets(model, samples, builder, n, image_processor)
     grid[:, :n] = image_logprobs(cond, uncond, tok1, cfg)
     # the evaluation: Task-II sequences (image 1 through the understanding path)
-    samples = [builder.judge(ro.prompts[r], Image.fromarray(ro.pixels1[r]), ro.judge_ids[r]) for r in rows]
+    samples = [
+        builder.judge(ro.prompts[r], Image.fromarray(ro.pixels1[r]), ro.judge_ids[r], source=ro.source(r)) for r in rows
+    ]
     batch = collate(samples, builder.pad_id, image_processor).to(device)
     hidden = hidden_states(model, batch, image_processor)
     scaled = model.lm_head(hidden[batch.text_labels != IGNORE]).float() / cfg.text_temperature
@@ -125,6 +129,7 @@ def rollout_logprobs(
                 closed(ro.judge_ids[rows[i]], builder.eos_id),
                 (ro.image2[rows[i]] if redo else tok1[i]).cpu().numpy(),
                 drop=d,
+                source=ro.source(rows[i]),
             )
             for d in (False, True)
             for i in picks

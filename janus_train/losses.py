@@ -1,4 +1,4 @@
-"""Batching and the SFT loss of the three Janus-Pro-R1 tasks.
+"""Batching and the SFT loss of the Janus-Pro-R1 tasks (the three text-to-image ones and their edit versions).
 
 `collate` right-pads `Sample`s into a `Batch`; `forward_losses` builds `inputs_embeds`
 (text embeddings, understanding features and generation embeddings scattered at their
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from janus_data.generators.janus_loop import position_ids_from_mask
-from janus_data.janus_format import TASKS
+from janus_data.janus_format import ALL_TASKS
 from janus_train.sequences import IGNORE, Sample
 
 
@@ -217,11 +217,11 @@ def forward_losses(
     _check_reduction(text_reduction)
     t = target_losses(model, batch, image_processor)
     device = t.text_ce.device
-    task_of_row = torch.tensor([TASKS.index(name) for name in batch.tasks], device=device)
+    task_of_row = torch.tensor([ALL_TASKS.index(name) for name in batch.tasks], device=device)
     text_task, image_task = task_of_row[t.text_row], task_of_row[t.image_row]
     out: dict[str, torch.Tensor] = {}
     total = torch.zeros((), dtype=torch.float32, device=device)
-    for k, name in enumerate(TASKS):
+    for k, name in enumerate(ALL_TASKS):
         n_task = batch.tasks.count(name)
         if n_task == 0:
             continue

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from janus_data.errors import ConfigError, RunDirError
-from janus_data.rundir import CKPT_DIRS, SFT_DIR
+from janus_data.rundir import CKPT_DIRS, SFT_DIR, SFT_EDIT_DIR
 from janus_train.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, list_checkpoints, read_info
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def start_policy(run_dir: Path, cfg: JanusRunConfig, asked: str | None, source: 
     sft = latest_checkpoint(Path(run_dir) / CKPT_DIRS["sft"])
     if sft is not None:
         return str(sft.path), "sft"
-    if (Path(run_dir) / SFT_DIR).exists():
+    if any((Path(run_dir) / d).exists() for d in (SFT_DIR, SFT_EDIT_DIR)):
         raise RunDirError(
             "run has SFT shards but no SFT checkpoint: run `janus train sft` first, "
             "or pass --from-base to train the base model"

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from janus_data.errors import JanusError, one_line
+from janus_data.judge.scoring import edit_reward
 from janus_train.grpo_math import consistency_reward, final_reward, selfcheck_reward
 
 
@@ -38,27 +39,63 @@ class JudgeScorer:
 
     def score(self, prompts: list[str], pixels: list[np.ndarray], tokens: list[torch.Tensor]) -> list[float]:
         images = [Image.fromarray(p) for p in pixels]
-        scores: list[float | None] = [None] * len(images)
-        todo = list(range(len(images)))
+
+        def ask(rows: list[int]) -> list[tuple[float | None, str | None]]:
+            results = self.judge.score([prompts[i] for i in rows], [images[i] for i in rows])
+            return [(r.score, r.error) for r in results]
+
+        return [float(s) for s in self._retried(len(images), ask, "images")]
+
+    def score_edits(
+        self,
+        instructions: list[str],
+        sources: list[np.ndarray],
+        pixels: list[np.ndarray],
+        tokens: list[torch.Tensor],
+        source_tokens: list[np.ndarray],
+    ) -> tuple[list[float], list[float]]:
+        """(S_flw, S_psv) of each edit: the judge's two questions with the original (`sources`, (H, W, 3)
+        uint8) and the edited image (`pixels`) in one prompt, retried like `score`."""
+        originals = [Image.fromarray(p) for p in sources]
+        edited = [Image.fromarray(p) for p in pixels]
+
+        def ask(rows: list[int]) -> list[tuple[tuple[float, float] | None, str | None]]:
+            results = self.judge.score_edits(
+                [instructions[i] for i in rows], [originals[i] for i in rows], [edited[i] for i in rows]
+            )
+            out = []
+            for r in results:
+                both = None if r.s_flw is None or r.s_psv is None else (float(r.s_flw), float(r.s_psv))
+                out.append((both, r.error))
+            return out
+
+        pairs = self._retried(len(edited), ask, "edits")
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _retried(self, n: int, ask, what: str) -> list:
+        """Values for rows 0..n-1 from `ask(rows) -> [(value or None, error)]`; rows without a value are
+        asked again, up to `retries` times with backoff; then the step fails with one line."""
+        values: list = [None] * n
+        todo = list(range(n))
         last = ""
         for attempt in range(self.retries):
             try:
-                results = self.judge.score([prompts[i] for i in todo], [images[i] for i in todo])
+                answers = ask(todo)
             except JanusError as err:  # the client already retried; try the whole lot again
                 last = one_line(err)
-                results = []
-            for i, res in zip(todo, results, strict=False):
-                if res.score is not None and res.error is None:
-                    scores[i] = float(res.score)
+                answers = []
+            for i, (value, error) in zip(todo, answers, strict=False):
+                if value is not None and error is None:
+                    values[i] = value
                 else:
-                    last = res.error or "no yes/no token among the judge's answers (flagged)"
-            todo = [i for i in todo if scores[i] is None]
+                    last = error or "no yes/no token among the judge's answers (flagged)"
+            todo = [i for i in todo if values[i] is None]
             if not todo:
-                return [float(s) for s in scores]
+                return values
             if attempt + 1 < self.retries:
                 time.sleep(self.backoff_s * 2**attempt)
         raise RewardError(
-            f"the judge scored {len(images) - len(todo)} of {len(images)} images after {self.retries} tries "
+            f"the judge scored {n - len(todo)} of {n} {what} after {self.retries} tries "
             f"(last problem: {last}); a group is never scored with a guess",
             hint="check the judge (score.* settings, the server's log); rerun `janus train rl` to continue",
         )
@@ -78,11 +115,39 @@ class CodebookShareScorer:
     def score(self, prompts: list[str], pixels: list[np.ndarray], tokens: list[torch.Tensor]) -> list[float]:
         return [float(self.mask[t.cpu()].float().mean()) for t in tokens]
 
+    def score_edits(self, instructions, sources, pixels, tokens, source_tokens) -> tuple[list[float], list[float]]:
+        """Synthetic (S_flw, S_psv): the share of the edit's codes in `target`, and the share of its
+        positions whose code equals the source's (an edit that changes nothing preserves everything)."""
+        flw = self.score(instructions, pixels, tokens)
+        psv = [
+            float((t.cpu() == torch.as_tensor(s)).float().mean()) for t, s in zip(tokens, source_tokens, strict=True)
+        ]
+        return flw, psv
 
-def rollout_rewards(s1: torch.Tensor, s2: torch.Tensor, said_yes: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-segment rewards: image1 <- R1 = S(image 1), judge <- R2 = 1 - |S1 - selfcheck|, final <- R3 = S(final)."""
+
+def rollout_rewards(
+    s1: torch.Tensor, s2: torch.Tensor, said_yes: torch.Tensor, scale: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Per-segment rewards: image1 <- R1 = S(image 1), judge <- R2 = 1 - |S1 / scale - selfcheck|,
+    final <- R3 = S(final).
+
+    For edits S is the combined R = w_flw * S_flw + w_psv * S_psv and `scale` = w_flw + w_psv, so the
+    self-check compares the model's Yes/No with R on the [0, 1] scale of a probability.
+    """
+    if scale <= 0:
+        raise ValueError(f"the reward scale must be > 0, got {scale}")
     return {
         "image1": consistency_reward(s1),
-        "judge": selfcheck_reward(s1, said_yes),
+        "judge": selfcheck_reward(s1 / scale, said_yes),
         "final": final_reward(s1, s2, said_yes),
     }
+
+
+def combined_edit_reward(s_flw: torch.Tensor, s_psv: torch.Tensor, w_flw: float, w_psv: float) -> torch.Tensor:
+    """R = w_flw * S_flw + w_psv * S_psv per edit (the paper's R_flw + 0.25 R_psv by default).
+
+    >>> combined_edit_reward(torch.tensor([0.8, 0.2]), torch.tensor([0.4, 1.0]), 1.0, 0.25)
+    tensor([0.9000, 0.4500])
+    """
+    values = [edit_reward(f, p, w_flw, w_psv) for f, p in zip(s_flw.tolist(), s_psv.tolist(), strict=True)]
+    return torch.tensor(values, dtype=torch.float32)

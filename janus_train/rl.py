@@ -50,6 +50,7 @@ from janus_train.optim import rl_lr_lambda
 from janus_train.parallel import clip_gradients
 from janus_train.resume import POLICY_SOURCES, Start, asked_policy, start_policy
 from janus_train.rewards import rollout_rewards
+from janus_train.rl_edits import StepKinds, check_rl_edits, load_rl_edits, source_images
 from janus_train.sequences import SequenceBuilder
 
 if TYPE_CHECKING:  # frames come from janus_data.prompts; the trainer itself needs no polars
@@ -128,7 +129,9 @@ def run_rl(
     clock = time.perf_counter()
     run_dir, rcfg = Path(run_dir), cfg.rl
     check_rl_logps(rcfg)  # before the judge check and the model loads
-    require_rl_prompts(run_dir, rcfg.prompts)
+    if rcfg.edit_share < 1:
+        require_rl_prompts(run_dir, rcfg.prompts)
+    check_rl_edits(run_dir, rcfg)
     target = max_steps if max_steps is not None else rcfg.max_steps
     device = resolve_device(cfg.runtime)
     dist = init_distributed(device)
@@ -144,7 +147,8 @@ def run_rl(
     if start.finished:
         return result
     init_path = resolve_model(init_ref)
-    prompts = load_rl_prompts(run_dir, rcfg)
+    prompts = load_rl_prompts(run_dir, rcfg) if rcfg.edit_share < 1 else None
+    edits = load_rl_edits(run_dir, rcfg, cfg.edit.skip_bad_images) if rcfg.edit_share > 0 else None
     scorer = scorer or judge_scorer(cfg)
     result.scorer = scorer.name
     if log is not None and dist.rank == 0:
@@ -153,10 +157,15 @@ def run_rl(
     result.refreshes = s.ref_state.refreshes
 
     step = start.step
+    kinds = StepKinds.before(rcfg.seed, rcfg.edit_share, step)
     with stage_progress(progress if dist.rank == 0 else False) as bars:
         bar = bars.add_task("rl", total=target, completed=step, unit="step")
         while step < target:
-            metrics = _train_step(s, prompts, step, ckpt_root)
+            edit, index = kinds.take(step)
+            if edit:
+                metrics = _train_step(s, _EditBatch(edits, run_dir), step, ckpt_root, index)
+            else:
+                metrics = _train_step(s, prompts, step, ckpt_root, index)
             step += 1
             if s.ref_state.observe(metrics["reward"], rcfg, step):
                 _refresh_reference(s, step)
@@ -210,7 +219,8 @@ def _setup(
     n_und, n_gen = policy.config.vision_config.num_image_tokens, policy.config.vq_config.num_patches**2
     builder = SequenceBuilder(tokenizer, int(n_und), int(n_gen))
     precision = Precision.resolve(device, cfg.runtime.dtype)
-    stepper = GRPOStep(policy, reference, builder, image_processor, scorer, rcfg, dist, precision)
+    weights = (cfg.edit.reward_flw, cfg.edit.reward_psv)
+    stepper = GRPOStep(policy, reference, builder, image_processor, scorer, rcfg, dist, precision, weights)
     params = [p for p in policy.parameters() if p.requires_grad]
     ref_state = RefState(**start.info.get("refresh", {}))
     optimizer, scheduler = build_optimizer(params, rcfg, rl_lr_lambda(rcfg, ref_state))
@@ -220,27 +230,48 @@ def _setup(
     return _Setup(stepper, params, optimizer, scheduler, ref_state, saver)
 
 
-def _train_step(s: _Setup, prompts: pl.DataFrame, step: int, ckpt_root: Path) -> dict[str, float]:
+@dataclass
+class _EditBatch:
+    """An edit step's source of prompts: the edits (edit_id, instruction, source bytes or null) and the run."""
+
+    edits: pl.DataFrame
+    run_dir: Path
+
+
+def _train_step(
+    s: _Setup, prompts: pl.DataFrame | _EditBatch, step: int, ckpt_root: Path, index: int | None = None
+) -> dict[str, float]:
     """Update `step` + 1: rollout, judge, loss + backward, clip, update; the step's global metrics.
 
+    `index`: where the step's prompts are read in their kind's order (default `step`; `rl_edits`).
+    With an `_EditBatch` the step edits: instructions and their sources, edit rewards.
     A non-finite loss or gradient stops before the update, naming the last good checkpoint.
     """
     stepper, cfg, dist = s.stepper, s.stepper.cfg, s.stepper.dist
     t0 = time.perf_counter()
-    batch = step_prompts(prompts, step, cfg.prompts_per_step, dist, cfg.seed)
+    index = step if index is None else index
     g = cfg.group_size
-    texts = [p for p in batch["prompt"].to_list() for _ in range(g)]
-    seeds = [derive_seed(cfg.seed, pid, f"rl-{step}", m) for pid in batch["prompt_id"].to_list() for m in range(g)]
-    ro = stepper.rollout(texts, seeds)
+    if isinstance(prompts, _EditBatch):
+        batch = step_prompts(prompts.edits, index, cfg.prompts_per_step, dist, cfg.seed)
+        texts = [p for p in batch["instruction"].to_list() for _ in range(g)]
+        seeds = [derive_seed(cfg.seed, e, f"rl-edit-{step}", m) for e in batch["edit_id"].to_list() for m in range(g)]
+        sources = [im for im in source_images(prompts.run_dir, batch) for _ in range(g)]
+    else:
+        batch = step_prompts(prompts, index, cfg.prompts_per_step, dist, cfg.seed)
+        texts = [p for p in batch["prompt"].to_list() for _ in range(g)]
+        seeds = [derive_seed(cfg.seed, pid, f"rl-{step}", m) for pid in batch["prompt_id"].to_list() for m in range(g)]
+        sources = None
+    ro = stepper.rollout(texts, seeds, sources)
     t1 = time.perf_counter()
     s1, s2 = stepper.score(ro)
     t2 = time.perf_counter()
-    rewards = rollout_rewards(s1, s2, ro.said_yes)
+    scale = stepper.reward_scale if ro.is_edit else 1.0
+    rewards = rollout_rewards(s1, s2, ro.said_yes, scale)
     advantages = {k: group_advantages(v, g) for k, v in rewards.items()}
     s.optimizer.zero_grad(set_to_none=True)
     sums = stepper.backward(ro, advantages)
     grad_norm = clip_gradients(s.params, cfg.grad_clip)
-    metrics = step_metrics(rewards, s1, s2, ro, sums, dist)
+    metrics = step_metrics(rewards, s1, s2, ro, sums, dist, scale)
     check_finite(metrics["loss"], grad_norm, step + 1, ckpt_root, "GRPO loss", "lower rl.lr or rl.beta")
     lr_used = s.optimizer.param_groups[0]["lr"]  # this update's lr (the scheduler then moves to the next)
     s.optimizer.step()
@@ -268,4 +299,5 @@ def _load_janus(path, device: torch.device):
 
 
 def _describe(m: dict[str, float]) -> str:
-    return f"rl R1 {m['reward/r1']:.3f} R2 {m['reward/r2']:.3f} R3 {m['reward/r3']:.3f} kl {m['kl']:.4f}"
+    kind = "edit " if m.get("edit") else ""
+    return f"rl {kind}R1 {m['reward/r1']:.3f} R2 {m['reward/r2']:.3f} R3 {m['reward/r3']:.3f} kl {m['kl']:.4f}"

@@ -78,9 +78,23 @@ class Rollouts:
     pixels1: np.ndarray
     pixels2: np.ndarray  # (B, H, W, 3); rows that said Yes are zeros
     context1: torch.Tensor
+    edit_scores: dict[str, torch.Tensor] | None = None
+    """Edit rollouts, once judged (`GRPOStep.score`): S_flw and S_psv of image 1 and the final image."""
+    sources: np.ndarray | None = None
+    """Edit rollouts: (B, N) codes of each row's source image (prompts are then instructions); None: text-to-image."""
+    source_pixels: np.ndarray | None = None
+    """Edit rollouts: (B, H, W, 3) the source images as the policy's VQ sees them (the judge's originals)."""
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    @property
+    def is_edit(self) -> bool:
+        return self.sources is not None
+
+    def source(self, row: int) -> np.ndarray | None:
+        """Row `row`'s source codes (edit rollouts), else None: the `source` of the SequenceBuilder calls."""
+        return source_row(self.sources, row)
 
     @property
     def regenerated(self) -> list[int]:
@@ -99,6 +113,14 @@ def closed(ids: list[int], eos: int) -> list[int]:
     """An evaluation as the regeneration context holds it: always ended by <EOS> (a reason cut at
     the length bound gets one)."""
     return ids if ids and ids[-1] == eos else [*ids, eos]
+
+
+def source_row(sources, row: int) -> np.ndarray | None:
+    """Row `row` of (B, N) source codes (numpy or torch), or None for text-to-image chains."""
+    if sources is None:
+        return None
+    value = sources[row]
+    return value.cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
 def stage_seeds(seeds: list[int], stage: int) -> torch.Tensor:
@@ -137,19 +159,34 @@ class ChainSteps:
         # The policy's own VQ, shared: the rollout copy (bf16 on CUDA) encodes with its weights.
         self.vq = VQEncoder.from_module(model.model.vqmodel, model.config.vq_config, model_id="policy")
 
-    def t2i_prefixes(self, prompts: list[str]) -> list:
-        """Task-I prefixes: B conditional, then their B unconditional twins (the turn padded)."""
-        return [self.builder.t2i(p, drop=d) for d in (False, True) for p in prompts]
+    def t2i_prefixes(self, prompts: list[str], sources=None) -> list:
+        """Task-I prefixes: B conditional, then their B unconditional twins (the turn padded). With
+        `sources` ((B, N) source codes) the prompts are instructions: edit prefixes, the instruction padded."""
+        b = self.builder
+        return [b.t2i(p, drop=d, source=source_row(sources, i)) for d in (False, True) for i, p in enumerate(prompts)]
 
-    def regen_prefixes(self, prompts: list[str], contexts: torch.Tensor, evaluations: list[list[int]]) -> list:
+    def regen_prefixes(
+        self, prompts: list[str], contexts: torch.Tensor, evaluations: list[list[int]], sources=None
+    ) -> list:
         """Task-III prefixes for R rows: (R, N) image-1 codes and each row's evaluation ids (closed by
-        <EOS> here) -> R conditional, then R unconditional twins (the first turn padded, as in SFT)."""
+        <EOS> here) -> R conditional, then R unconditional twins (the first turn padded, as in SFT).
+        `sources`: the rows' source codes for edit chains (edit_regen prefixes)."""
         eos = self.builder.eos_id
         return [
-            self.builder.regen(p, contexts[i].cpu().numpy(), closed(evaluations[i], eos), drop=d)
+            self.builder.regen(
+                p, contexts[i].cpu().numpy(), closed(evaluations[i], eos), drop=d, source=source_row(sources, i)
+            )
             for d in (False, True)
             for i, p in enumerate(prompts)
         ]
+
+    def prepare_sources(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+        """Edit sources as the policy sees them: each centre-cropped to its image size (as JanusEditor
+        shapes a source) -> ((B, N) codes of its own VQ, (B, H, W, 3) uint8 pixels of the crops)."""
+        from janus_data.generators.janus_edit import center_crop
+
+        crops = [center_crop(im, self.vq.image_size).convert("RGB") for im in images]
+        return self.vq.encode(crops), np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
 
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
         """(B, N) image tokens -> (B, H, W, 3) uint8 pixels."""
@@ -177,14 +214,18 @@ class ChainSteps:
             want_logprobs,
         )
 
-    def evaluate(self, prompts: list[str], images: list[Image.Image], seeds: list[int], stage: int = 2):
-        """Forced Yes/No + reason per row: (ids, behaviour log-probs, said_yes) lists.
+    def evaluate(self, prompts: list[str], images: list[Image.Image], seeds: list[int], stage: int = 2, sources=None):
+        """Forced Yes/No + reason per row: (ids, behaviour log-probs, said_yes) lists. `sources`: the
+        rows' source codes for edit chains (the edit self-evaluation's question).
 
         At text temperature 0 every token is the argmax (the answer: of the two words' first
         tokens), and the log-probs are those of softmax(logits)."""
         from transformers import DynamicCache
 
-        prefixes = [self.builder.judge(p, im, None) for p, im in zip(prompts, images, strict=True)]
+        prefixes = [
+            self.builder.judge(p, im, None, source=source_row(sources, i))
+            for i, (p, im) in enumerate(zip(prompts, images, strict=True))
+        ]
         batch = collate(prefixes, self.builder.pad_id, self.image_processor, left=True).to(self.device)
         embeds = batch_embeds(self.model, batch, self.image_processor)
         mask = batch.attention_mask
@@ -266,13 +307,17 @@ class RolloutEngine(ChainSteps):
         super().__init__(model, builder, image_processor, params, loop)
 
     @torch.no_grad()
-    def run(self, prompts: list[str], seeds: list[int]) -> Rollouts:
+    def run(
+        self, prompts: list[str], seeds: list[int], sources: np.ndarray | None = None, source_pixels=None
+    ) -> Rollouts:
+        """B rollouts; with `sources` ((B, N) source codes, prompts = instructions) and their
+        `source_pixels`, edit rollouts: the same chain on the edit prompt."""
         b = len(prompts)
         n = self.num_image_tokens
-        tok1, lp1 = self.images(self.t2i_prefixes(prompts), seeds, 1)
+        tok1, lp1 = self.images(self.t2i_prefixes(prompts, sources), seeds, 1)
         pixels1 = self.decode(tok1)
         pil1 = [Image.fromarray(a) for a in pixels1]
-        judge_ids, judge_logp, said_yes = self.evaluate(prompts, pil1, seeds)
+        judge_ids, judge_logp, said_yes = self.evaluate(prompts, pil1, seeds, sources=sources)
         tok2 = torch.zeros(b, n, dtype=torch.long, device=self.device)
         lp2 = torch.zeros(b, n, dtype=torch.float32, device=self.device)
         pixels2 = np.zeros_like(pixels1)
@@ -280,7 +325,10 @@ class RolloutEngine(ChainSteps):
         context1 = torch.zeros_like(tok1)
         if redo:
             context1[redo] = self.context(tok1[redo], pixels1[redo])
-            prefixes = self.regen_prefixes([prompts[i] for i in redo], context1[redo], [judge_ids[i] for i in redo])
+            redo_sources = None if sources is None else np.asarray(sources)[redo]
+            prefixes = self.regen_prefixes(
+                [prompts[i] for i in redo], context1[redo], [judge_ids[i] for i in redo], redo_sources
+            )
             t2, l2 = self.images(prefixes, [seeds[i] for i in redo], 3)
             tok2[redo], lp2[redo] = t2, l2
             pixels2[redo] = self.decode(t2)
@@ -297,4 +345,6 @@ class RolloutEngine(ChainSteps):
             pixels1=pixels1,
             pixels2=pixels2,
             context1=context1,
+            sources=None if sources is None else np.asarray(sources),
+            source_pixels=source_pixels,
         )

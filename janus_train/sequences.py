@@ -15,6 +15,12 @@ image's SigLIP + aligner features)):
                    \\n\\n<|Assistant|>:<begin_of_image>[gen:N edited target]<end_of_image>
                    (the released editing code's; docs/edit.md. Its CFG twin / caption dropout pads the
                    instruction's tokens only, always: `janus_data.generators.janus_edit.edit_prompt_ids`.)
+- `edit_judge`:    the edit prompt, <begin_of_image>[und:M edited]<end_of_image>
+                   \\nLet me think Does this edit follow the instruction and keep the rest of the image...{reason}<EOS>
+- `edit_regen`:    the edit prompt, <begin_of_image>[gen:N bad edit]<end_of_image>\\nLet me think Does this edit...
+                   {evaluation}<EOS>\\nNext, I will draw a new image<begin_of_image>[gen:N good target]<end_of_image>
+                   (the edit versions of Tasks II and III: the same prompt as `edit`, the same triggers
+                   but the question, the same losses as judge and regen.)
 
 Losses (targets are stored already shifted: the label at position p is what the hidden
 state at p must predict, so no shift happens later):
@@ -53,7 +59,7 @@ import numpy as np
 
 from janus_data.generators.janus import generation_prompt
 from janus_data.generators.janus_edit import edit_prompt_ids
-from janus_data.janus_format import BOI, EOI, IMAGE_TOKEN, TASKS
+from janus_data.janus_format import ALL_TASKS, BOI, EOI, IMAGE_TOKEN
 
 IGNORE = -100
 
@@ -61,6 +67,8 @@ IGNORE = -100
 CHAT_PREFIX, CHAT_SUFFIX = generation_prompt("\x00").split("\x00")  # "<|User|>: ", "\n\n<|Assistant|>:"
 JUDGE_TRIGGER = "\nLet me think Does this image match the prompt..."  # after <end_of_image>
 REGEN_TRIGGER = "\nNext, I will draw a new image"  # after <EOS>, before <begin_of_image>
+# An edit's self-evaluation asks both of the judge's questions at once (docs/edit.md, "Edit SFT samples").
+EDIT_JUDGE_TRIGGER = "\nLet me think Does this edit follow the instruction and keep the rest of the image..."
 
 ANSWER_WORD = re.compile(r"\s*(Yes|No)\b", re.IGNORECASE)  # the answer a reason starts with
 DropoutScope = Literal["turn", "caption"]
@@ -198,6 +206,7 @@ class SequenceBuilder:
             raise ValueError("the tokenizer lacks a BOS, EOS or pad token")
         self._judge_trigger = self._encode(JUDGE_TRIGGER)
         self._regen_trigger = self._encode(REGEN_TRIGGER)
+        self._edit_judge_trigger = self._encode(EDIT_JUDGE_TRIGGER)
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> SequenceBuilder:
@@ -273,29 +282,62 @@ class SequenceBuilder:
         ]
         seq.text(ids, [*weights, self.reason_weight] if loss else None)
 
-    def t2i(self, prompt: str, codes=None, rng: random.Random | None = None, *, drop: bool | None = None) -> Sample:
-        """Task I. `codes`: the target image's VQ codes; `rng` decides caption dropout (None: never),
-        `drop` forces it. Without codes: the prefix the generation loop continues (up to <begin_of_image>)."""
-        drop = self._drop(rng, drop)
-        seq = _Seq(self.image_id)
-        self._prompt(seq, prompt, drop)
-        if codes is not None:
-            seq.gen_image(self._codes(codes, "t2i image"), target=True)
-            seq.text([self.eoi_id])
-        return seq.build("t2i", drop)
+    def _edit_prompt(self, seq: _Seq, instruction: str, source, drop: bool) -> None:
+        """The edit prompt up to the edited image's <begin_of_image>: the source's codes are context."""
+        before, after = edit_prompt_ids(self.tokenizer, instruction, drop)
+        seq.text(before)
+        seq.gen_image(self._codes(source, "edit source image"), target=False)
+        seq.text(after)
 
-    def judge(self, prompt: str, image: Any, reason: str | list[int] | None) -> Sample:
-        """Task II. `image`: PIL image or (3, H, W) pixels; `reason` starts with "Yes." or "No." (text,
-        or a rollout's token ids). Without a reason: the prefix the model answers from."""
-        if (isinstance(reason, str) and not reason.strip()) or (reason is not None and len(reason) == 0):
-            raise ValueError("judge sample has an empty reason")
+    def _head(self, prompt: str, source, drop: bool) -> _Seq:
+        """A new sequence holding the prompt up to <begin_of_image>: the text-to-image turn, or with
+        `source` codes the edit prompt."""
         seq = _Seq(self.image_id)
-        self._prompt(seq, prompt, drop=False)
-        seq.und_image(image, self.num_und_tokens)
-        seq.text([self.eoi_id, *self._judge_trigger])
+        if source is None:
+            self._prompt(seq, prompt, drop)
+        else:
+            self._edit_prompt(seq, prompt, source, drop)
+        return seq
+
+    def _evaluated(self, seq: _Seq, trigger: list[int], reason, loss: bool) -> None:
+        """<end_of_image>, the self-evaluation question and (when given) the answer."""
+        seq.text([self.eoi_id, *trigger])
         if reason is not None:
-            self._answer(seq, reason, loss=True)
-        return seq.build("judge", False)
+            self._answer(seq, reason, loss=loss)
+
+    def _generated(self, seq: _Seq, codes, what: str) -> None:
+        seq.gen_image(self._codes(codes, what), target=True)
+        seq.text([self.eoi_id])
+
+    def t2i(
+        self,
+        prompt: str,
+        codes=None,
+        rng: random.Random | None = None,
+        *,
+        drop: bool | None = None,
+        source=None,
+    ) -> Sample:
+        """Task I. `codes`: the target image's VQ codes; `rng` decides caption dropout (None: never),
+        `drop` forces it. Without codes: the prefix the generation loop continues (up to <begin_of_image>).
+        With `source` (an edit's source codes) `prompt` is the instruction: the `edit` sequence."""
+        drop = self._drop(rng, drop)
+        seq = self._head(prompt, source, drop)
+        if codes is not None:
+            self._generated(seq, codes, "t2i image" if source is None else "edited image")
+        return seq.build("t2i" if source is None else "edit", drop)
+
+    def judge(self, prompt: str, image: Any, reason: str | list[int] | None, *, source=None) -> Sample:
+        """Task II. `image`: PIL image or (3, H, W) pixels; `reason` starts with "Yes." or "No." (text,
+        or a rollout's token ids). Without a reason: the prefix the model answers from. With `source`:
+        the `edit_judge` sequence (`prompt` is the instruction)."""
+        task = "judge" if source is None else "edit_judge"
+        if (isinstance(reason, str) and not reason.strip()) or (reason is not None and len(reason) == 0):
+            raise ValueError(f"{task} sample has an empty reason")
+        seq = self._head(prompt, source, drop=False)
+        seq.und_image(image, self.num_und_tokens)
+        self._evaluated(seq, self._trigger(source), reason, loss=True)
+        return seq.build(task, False)
 
     def regen(
         self,
@@ -306,21 +348,24 @@ class SequenceBuilder:
         rng: random.Random | None = None,
         *,
         drop: bool | None = None,
+        source=None,
     ) -> Sample:
         """Task III. The bad image (codes, context), its "No. ..." evaluation (text or token ids),
-        then the good image (target). Without good codes: the prefix up to the second <begin_of_image>."""
-        bad = self._codes(bad_codes, "regen bad image")
+        then the good image (target). Without good codes: the prefix up to the second <begin_of_image>.
+        With `source`: the `edit_regen` sequence (`prompt` is the instruction)."""
+        task = "regen" if source is None else "edit_regen"
+        bad = self._codes(bad_codes, f"{task} bad image")
         drop = self._drop(rng, drop)
-        seq = _Seq(self.image_id)
-        self._prompt(seq, prompt, drop)
+        seq = self._head(prompt, source, drop)
         seq.gen_image(bad, target=False)
-        seq.text([self.eoi_id, *self._judge_trigger])
-        self._answer(seq, evaluation, loss=self.regen_text_loss)
+        self._evaluated(seq, self._trigger(source), evaluation, loss=self.regen_text_loss)
         seq.text([*self._regen_trigger, self.boi_id])
         if good_codes is not None:
-            seq.gen_image(self._codes(good_codes, "regen good image"), target=True)
-            seq.text([self.eoi_id])
-        return seq.build("regen", drop)
+            self._generated(seq, good_codes, f"{task} good image")
+        return seq.build(task, drop)
+
+    def _trigger(self, source) -> list[int]:
+        return self._judge_trigger if source is None else self._edit_judge_trigger
 
     def edit(
         self,
@@ -333,17 +378,33 @@ class SequenceBuilder:
     ) -> Sample:
         """Image editing: the source image (codes, context), the instruction, then the edited image (target,
         loss on its N codes). Without edited codes: the prefix the generation loop continues."""
-        source = self._codes(source_codes, "edit source image")
-        drop = self._drop(rng, drop)
-        before, after = edit_prompt_ids(self.tokenizer, instruction, drop)
-        seq = _Seq(self.image_id)
-        seq.text(before)
-        seq.gen_image(source, target=False)
-        seq.text(after)
-        if edited_codes is not None:
-            seq.gen_image(self._codes(edited_codes, "edited image"), target=True)
-            seq.text([self.eoi_id])
-        return seq.build("edit", drop)
+        return self.t2i(instruction, edited_codes, rng, drop=drop, source=self._source(source_codes))
+
+    def edit_judge(self, instruction: str, source_codes, image: Any, reason: str | list[int] | None) -> Sample:
+        """Edit self-evaluation (Task II of edits): the edit prompt, the edited image through the
+        understanding path, the question and `reason`. Without a reason: the prefix the model answers from."""
+        return self.judge(instruction, image, reason, source=self._source(source_codes))
+
+    def edit_regen(
+        self,
+        instruction: str,
+        source_codes,
+        bad_codes,
+        evaluation: str | list[int],
+        good_codes=None,
+        rng: random.Random | None = None,
+        *,
+        drop: bool | None = None,
+    ) -> Sample:
+        """Edit regeneration (Task III of edits): the edit prompt, the bad edit (codes, context), its
+        evaluation, then the good edit (target). Without good codes: the prefix up to its <begin_of_image>."""
+        source = self._source(source_codes)
+        return self.regen(instruction, bad_codes, evaluation, good_codes, rng, drop=drop, source=source)
+
+    def _source(self, codes) -> np.ndarray:
+        if codes is None:
+            raise ValueError("an edit sequence needs the source image's codes")
+        return self._codes(codes, "edit source image")
 
     def from_record(self, sample: dict[str, Any], rng: random.Random | None = None) -> Sample:
         """A decoded shard sample (`janus_data.wds.decode_sample`) -> its task's Sample."""
@@ -355,7 +416,14 @@ class SequenceBuilder:
             return self.judge(rec["prompt"], _image(sample, "image"), rec["reason"])
         if task == "regen":
             return self.regen(rec["prompt"], sample["bad.npy"], rec["reason"], sample["good.npy"], rng)
-        raise ValueError(f"unknown SFT task {task!r} (expected one of {', '.join(TASKS)})")
+        if task == "edit":
+            return self.edit(rec["instruction"], sample["source.npy"], sample["image.npy"], rng)
+        if task == "edit_judge":
+            return self.edit_judge(rec["instruction"], sample["source.npy"], _image(sample, "image"), rec["reason"])
+        if task == "edit_regen":
+            source, bad, good = sample["source.npy"], sample["bad.npy"], sample["good.npy"]
+            return self.edit_regen(rec["instruction"], source, bad, rec["reason"], good, rng)
+        raise ValueError(f"unknown SFT task {task!r} (expected one of {', '.join(ALL_TASKS)})")
 
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # as synth stored the bytes (docs/filter.md)

@@ -7,7 +7,8 @@ warm-up + cosine, the task mixer), train (`micro_step` x grad_accum, clip, updat
 One optimizer step draws `batch_size x grad_accum x world_size` samples from one global task
 mixer (every process runs the same mixer and builds only its own slice), so N processes train
 exactly what one process with the same global batch trains. `sft.mix_unit` draws a task per
-sample or one task per step (the released trainer). `sft.loss_reduction`:
+sample or one task per step (the released trainer); `sft.edit_share` of the draws come from the edit
+tasks' shards (`<run>/sft_edit`, weights: `config_train.sft_task_weights`). `sft.loss_reduction`:
 - 'sample': each sample's loss is the mean over its own targets; a step's loss is the mean over
   the global batch's samples, so every sample counts the same whatever its length or task;
 - 'batch' (the released code): each micro-batch's loss pools each task's targets token-level
@@ -31,10 +32,11 @@ import torch
 
 from janus_data.checks import require_sft_shards
 from janus_data.config import JanusRunConfig, SFTConfig, to_dict
-from janus_data.janus_format import TASKS
+from janus_data.config_train import sft_task_weights
+from janus_data.janus_format import ALL_TASKS
 from janus_data.models import resolve_device, resolve_model
 from janus_data.progress import stage_progress
-from janus_data.rundir import CKPT_DIRS, METRICS, SFT_DIR
+from janus_data.rundir import CKPT_DIRS, METRICS, SFT_DIR, SFT_EDIT_DIR
 from janus_data.wds import decode_sample
 from janus_train.core import (
     Distributed,
@@ -93,7 +95,7 @@ def run_sft(
     """
     clock = time.perf_counter()
     run_dir, scfg = Path(run_dir), cfg.sft
-    require_sft_shards(run_dir)
+    require_sft_shards(run_dir, scfg)
     target = max_steps if max_steps is not None else scfg.max_steps
     device = resolve_device(cfg.runtime)
     dist = init_distributed(device)
@@ -119,7 +121,7 @@ def run_sft(
                 result.last_loss[task] = value
             samples = scfg.batch_size * dist.world_size * scfg.grad_accum
             result.samples += samples
-            bars.update(bar, completed=step, description=_describe(losses))
+            bars.update(bar, completed=step, description=_describe(losses, s.mixer.tasks))
             if dist.rank == 0 and (step % scfg.log_every == 0 or step == target):
                 rate = samples / (time.perf_counter() - t0)
                 row = {"step": step, "loss": losses, "lr": lr, "grad_norm": grad_norm, "samples_per_s": rate}
@@ -178,12 +180,13 @@ def _setup(run_dir: Path, cfg: JanusRunConfig, start: Start, dist: Distributed, 
     optimizer, scheduler = build_optimizer(params, scfg, sft_lr_lambda(scfg))
     mixer = TaskMixer(
         run_dir / SFT_DIR,
-        dict(zip(TASKS, scfg.mix, strict=True)),
+        sft_task_weights(scfg),  # edit_share 0: exactly sft.mix, the draws of before edits
         seed=scfg.seed,
         shuffle_buffer=scfg.shuffle_buffer,
         expected_vq_model=cfg.synth.janus.model,
         mix_unit=scfg.mix_unit,
         step_samples=scfg.batch_size * dist.world_size * scfg.grad_accum,
+        edit_dir=run_dir / SFT_EDIT_DIR,
     )
     restore(start, stepper.module, optimizer, scheduler)
     if start.checkpoint is not None:
@@ -201,7 +204,7 @@ def _train_step(s: _Setup, scfg: SFTConfig, dist: Distributed, step: int, ckpt_r
     non-finite loss or gradient stops before the update, naming the last good checkpoint.
     """
     s.optimizer.zero_grad(set_to_none=True)
-    step_losses: dict[str, list[float]] = {t: [] for t in TASKS}
+    step_losses: dict[str, list[float]] = {t: [] for t in ALL_TASKS}
     global_batch = scfg.batch_size * dist.world_size
     for micro in range(scfg.grad_accum):
         first = s.mixer.draws + dist.rank * scfg.batch_size  # global index of this process's first sample
@@ -244,7 +247,7 @@ def _global_task_means(step_losses: dict[str, list[float]], dist: Distributed) -
     Values are per sample ('sample') or per micro-batch ('batch', which also logs its "total");
     without a logged "total" it is the mean over all samples.
     """
-    names = [*TASKS, "total"]
+    names = [*ALL_TASKS, "total"]
     sums = torch.tensor(
         [[sum(step_losses.get(k, [])), len(step_losses.get(k, []))] for k in names], dtype=torch.float64
     )
@@ -252,13 +255,14 @@ def _global_task_means(step_losses: dict[str, list[float]], dist: Distributed) -
         torch.distributed.all_reduce(sums)
     out = {t: float(s / n) for t, (s, n) in zip(names, sums.tolist(), strict=True) if n > 0}
     if "total" not in out:
-        total_n = float(sums[: len(TASKS), 1].sum())
-        out["total"] = float(sums[: len(TASKS), 0].sum() / total_n) if total_n else float("nan")
+        total_n = float(sums[: len(ALL_TASKS), 1].sum())
+        out["total"] = float(sums[: len(ALL_TASKS), 0].sum() / total_n) if total_n else float("nan")
     return out
 
 
-def _describe(losses: dict[str, float]) -> str:
-    parts = " ".join(f"{t} {losses[t]:.3f}" for t in TASKS if t in losses)
+def _describe(losses: dict[str, float], tasks: list[str]) -> str:
+    """The progress bar's text: the total and each drawn task's (weight > 0) loss this step."""
+    parts = " ".join(f"{t} {losses[t]:.3f}" for t in tasks if t in losses)
     return f"sft loss {losses['total']:.3f} ({parts})"
 
 

@@ -205,10 +205,28 @@ def test_demo_runs_end_to_end(tmp_path, janus_cache):
     assert (tmp_path / "demo" / "checkpoints" / "rl" / "step-000004").is_dir()
     check_demo_samples(tmp_path / "demo")
     check_demo_eval(tmp_path / "demo", tmp_path / "profile")
+    check_demo_edits(tmp_path / "demo", res.stderr)
     again = invoke("demo", "--run", str(tmp_path / "demo"), "--no-progress")
     assert again.exit_code == 0
     for stage in ("synth", "score", "filter", "sft", "rl", "eval"):
         assert f"skip {stage}" in again.stderr
+
+
+def check_demo_edits(run: Path, printed: str) -> None:
+    """The small edit run: candidate edits scored, the three edit tasks written, SFT drew edit samples,
+    GRPO ran edit steps, the report has its editing section."""
+    import polars as pl
+
+    for stage in ("synth --task edit", "score --task edit", "filter --task edit"):
+        assert f"janus data {stage}" in printed, stage
+    assert pl.read_parquet(str(run / "manifests/edit_scores/**/*.parquet")).height == 4 * 8
+    state = json.loads((run / "sft_edit" / "state.json").read_text())
+    assert all(state["tasks"][t]["samples"] > 0 for t in ("edit", "edit_judge", "edit_regen"))
+    sft = [json.loads(line) for line in (run / "checkpoints/sft/metrics.jsonl").read_text().splitlines()]
+    assert {"edit", "edit_judge", "edit_regen"} & {k for m in sft for k in m["loss"]}
+    rl = [json.loads(line) for line in (run / "checkpoints/rl/metrics.jsonl").read_text().splitlines()]
+    assert [m["edit"] for m in rl] == [1.0, 1.0, 1.0, 0.0]  # rl.edit_share 0.5 at seed 0
+    assert 'id="edit"' in (run / "report" / "index.html").read_text()
 
 
 def check_demo_eval(run: Path, profile: Path) -> None:

@@ -96,6 +96,75 @@ def test_cfg_twin_pads_the_instruction_only(builder, loaded, tiny_janus):
     )
 
 
+EDIT_PROMPT = (
+    f"{BOS}<|User|>: <begin_of_image><image:gen:16><end_of_image>make the cube blue Please generate an image."
+    "\n\n<|Assistant|>:<begin_of_image>"
+)
+EDIT_QUESTION = "<end_of_image>\nLet me think Does this edit follow the instruction and keep the rest of the image..."
+EOS = "<｜end▁of▁sentence｜>"
+
+
+def test_edit_judge_sequence_renders_back_to_the_template(builder, loaded):
+    tok = loaded[1]
+    edited = picture(3)
+    s = builder.edit_judge(INSTRUCTIONS[0], codes(1), edited, "No, the cube is still red.")
+    assert render(s, tok) == f"{EDIT_PROMPT}<image:und:16>{EDIT_QUESTION}No, the cube is still red.{EOS}"
+    assert s.task == "edit_judge" and s.image_targets == []
+    assert [start for start, _ in s.und_images] == [int(np.flatnonzero(s.input_ids == builder.boi_id)[-1]) + 1]
+    assert s.und_images[0][1] is edited and np.array_equal(s.gen_images[0][1], codes(1))  # source: context only
+    targets = s.text_targets  # the answer, weighted as Task II: the No word 0.8, the rest and EOS 0.2
+    assert tok.decode([t for _, t, _ in targets]) == f"No, the cube is still red.{EOS}"
+    no_tokens = len(tok("No", add_special_tokens=False).input_ids)
+    assert [w for _, _, w in targets] == pytest.approx([0.8] * no_tokens + [0.2] * (len(targets) - no_tokens))
+    prefix = builder.edit_judge(INSTRUCTIONS[0], codes(1), edited, None)  # what the model answers from
+    assert render(prefix, tok) == f"{EDIT_PROMPT}<image:und:16>{EDIT_QUESTION}" and prefix.text_targets == []
+
+
+def test_edit_regen_sequence_renders_back_to_the_template(builder, loaded):
+    tok = loaded[1]
+    source, bad, good = codes(1), codes(2), codes(3)
+    s = builder.edit_regen(INSTRUCTIONS[0], source, bad, "No, the cube is red.", good)
+    assert render(s, tok) == (
+        f"{EDIT_PROMPT}<image:gen:16>{EDIT_QUESTION}No, the cube is red.{EOS}"
+        "\nNext, I will draw a new image<begin_of_image><image:gen:16><end_of_image>"
+    )
+    assert s.task == "edit_regen" and s.text_targets == []  # the evaluation is context, as in Task III
+    assert [c.tolist() for _, c in s.gen_images] == [source.tolist(), bad.tolist(), good.tolist()]
+    last_boi = int(np.flatnonzero(s.input_ids == builder.boi_id)[-1])
+    assert s.image_targets == [(last_boi + k, int(good[k])) for k in range(N)]  # the good edit only
+    twin = builder.edit_regen(INSTRUCTIONS[0], source, bad, "No, the cube is red.", good, drop=True)
+    n_instr = len(tok(INSTRUCTIONS[0], add_special_tokens=False).input_ids)
+    differ = np.flatnonzero(s.input_ids != twin.input_ids)  # the CFG twin pads the instruction only
+    assert len(differ) == n_instr and (twin.input_ids[differ] == tok.pad_token_id).all()
+    prefix = builder.edit_regen(INSTRUCTIONS[0], source, bad, "No, the cube is red.")
+    assert prefix.input_ids.tolist() == s.input_ids[: last_boi + 1].tolist()
+
+
+def test_from_record_builds_the_edit_tasks(builder):
+    source, edited, good = codes(1), codes(2), codes(3)
+    records = {
+        "edit": {"json": {"task": "edit", "instruction": INSTRUCTIONS[0]}, "source.npy": source, "image.npy": edited},
+        "edit_judge": {
+            "json": {"task": "edit_judge", "instruction": INSTRUCTIONS[0], "reason": "Yes, it is blue."},
+            "source.npy": source,
+            "image.png": picture(4),
+        },
+        "edit_regen": {
+            "json": {"task": "edit_regen", "instruction": INSTRUCTIONS[0], "reason": "No, it is red."},
+            "source.npy": source,
+            "bad.npy": edited,
+            "good.npy": good,
+        },
+    }
+    built = {task: builder.from_record(sample) for task, sample in records.items()}
+    assert built["edit"].input_ids.tolist() == builder.edit(INSTRUCTIONS[0], source, edited).input_ids.tolist()
+    judged = builder.edit_judge(INSTRUCTIONS[0], source, picture(4), "Yes, it is blue.")
+    assert built["edit_judge"].input_ids.tolist() == judged.input_ids.tolist()
+    regen = builder.edit_regen(INSTRUCTIONS[0], source, edited, "No, it is red.", good)
+    assert built["edit_regen"].image_targets == regen.image_targets
+    assert {t: s.task for t, s in built.items()} == {t: t for t in records}
+
+
 def test_edit_sequence_refuses_bad_input(builder):
     with pytest.raises(ValueError, match="source image has 15 codes"):
         builder.edit(INSTRUCTIONS[0], codes(1)[:15])

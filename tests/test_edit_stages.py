@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from janus_data.config import load_config
+from janus_data.dist import Shard
 from janus_data.edit_score import run_edit_score
 from janus_data.edit_synth import run_edit_synth
 from janus_data.generators.janus_edit import center_crop
@@ -37,6 +38,7 @@ EDITS = [
     {"source_image": "s2.png", "instruction": "remove the tree", "tags": ["remove"]},
 ]
 PER_SOURCE = 4  # the tiny preset's edit.images_per_source: 2 kontext + 2 janus
+BATCH_TOLERANCE = 2  # uint8 levels, batched vs alone: float rounding of batched kernels (docs/synth.md)
 
 
 def write_edits(root: Path) -> Path:
@@ -125,6 +127,37 @@ def test_a_deleted_part_is_redrawn_alone_with_the_same_bytes(full_run, tmp_path)
     assert after.height == before.height and after["image_id"].n_unique() == after.height
     same = before.select("image_id", "sha256").sort("image_id")
     assert after.select("image_id", "sha256").sort("image_id").equals(same)
+
+
+def test_two_ranks_together_draw_and_judge_what_one_does(full_run, tmp_path):
+    """`--rank r --world-size 2`: each rank owns its edits (int(edit_id) % 2), writes its own shards,
+    and the two ranks' rows are the one-rank run's rows, byte for byte and score for score."""
+    root, single, _, _ = full_run
+    run, cfg = tmp_path / "run", load_config("tiny")
+    for rank in (0, 1):
+        run_edit_synth(run, cfg, root / "src" / "edits.jsonl", Shard(rank, 2), progress=False)
+    for rank in (0, 1):
+        run_edit_score(run, cfg, Shard(rank, 2), progress=False)
+    images = frame(run, "edit_images")
+    owner = images.select("image_id", pl.col("shard").str.extract(r"/rank(\d+)/").cast(pl.Int64).alias("rank"))
+    ids = images["image_id"].str.split("-").list.first().map_elements(lambda e: int(e, 16) % 2, return_dtype=pl.Int64)
+    assert owner["rank"].to_list() == ids.to_list() and set(owner["rank"]) == {0, 1}
+    one = frame(single, "edit_images").sort("image_id")
+    images = images.sort("image_id")
+    assert images["image_id"].to_list() == one["image_id"].to_list()
+    for mine_row, one_row in zip(images.iter_rows(named=True), one.iter_rows(named=True), strict=True):
+        # the same seed per candidate: equal up to batched kernels' rounding (other batches per rank)
+        a, b = (pixels_of(r, row) for r, row in ((run, mine_row), (single, one_row)))
+        assert np.abs(a - b).max() <= BATCH_TOLERANCE, mine_row["image_id"]
+    mine, theirs = (frame(r, "edit_scores").sort("image_id") for r in (run, single))
+    assert mine["image_id"].to_list() == theirs["image_id"].to_list() and mine["status"].to_list() == (
+        theirs["status"].to_list()
+    )
+
+
+def pixels_of(run: Path, row: dict) -> np.ndarray:
+    data = read_image_bytes(run, row["shard"], row["offset"], row["length"])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
 
 
 def test_score_gives_every_edit_s_flw_s_psv_and_r(full_run):

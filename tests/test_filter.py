@@ -234,12 +234,12 @@ def test_same_inputs_give_byte_identical_shards(built, run):
     assert a.equals(b)
 
 
-def test_killed_run_resumes_to_identical_shards(built, run):
-    built_run, _ = built
+class Boom(Exception):
+    """The simulated kill of a filter build."""
 
-    class Boom(Exception):
-        pass
 
+def dying_encoder(at: int):
+    """An encoder factory for `run_filter`: the tiny VQ, whose `at`-th encode call raises Boom (a kill mid-build)."""
     real = VQEncoder("tiny:janus", torch.device("cpu"), torch.float32)
 
     class DiesMidway:
@@ -248,12 +248,17 @@ def test_killed_run_resumes_to_identical_shards(built, run):
 
         def encode(self, images):
             DiesMidway.calls += 1
-            if DiesMidway.calls == 4:
+            if DiesMidway.calls == at:
                 raise Boom
             return real.encode(images)
 
+    return DiesMidway
+
+
+def test_killed_run_resumes_to_identical_shards(built, run):
+    built_run, _ = built
     with pytest.raises(Boom):
-        run_filter(run, cfg(), progress=False, encoder=lambda: DiesMidway())
+        run_filter(run, cfg(), progress=False, encoder=dying_encoder(4))
     assert not (run / "sft").exists() and list(run.glob("sft.build-*"))
     result = run_filter(run, cfg(), progress=False)
     assert result.rebuilt

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from PIL import Image
 from test_cli_fast import janus, one_line_error
 from typer.testing import CliRunner
@@ -137,7 +138,7 @@ def test_the_cli_draws_edits_and_resumes(source, tmp_path, tiny_janus):
         (["--instruction", "make it red", "--prompt", "a cube"], ["--instruction needs --edit"]),
         (["--edit", "{src}", "--instruction", "x", "--prompt", "a cube"], ["cannot be combined with --prompt"]),
         (["--edit", "{src}", "--instruction", "x", "--prompts", "{src}"], ["cannot be combined with --prompts"]),
-        (["--edit", "{src}", "--instruction", "x", "--introspect"], ["cannot be combined with --introspect"]),
+        (["--edit", "{src}", "--instruction", "x", "--introspect", "--rounds", "0"], ["--rounds must be >= 1"]),
         (["--edit", "{tmp}/missing.png", "--instruction", "x"], ["--edit image", "not found"]),
         (["--edit", "{tmp}/bad.png", "--instruction", "x"], ["--edit image", "cannot be decoded"]),
         (["--edit", "{tmp}/cut.png", "--instruction", "x"], ["--edit image", "cannot be decoded"]),
@@ -154,6 +155,55 @@ def test_bad_edit_inputs_fail_in_one_line_before_torch(source, tmp_path, extra, 
     )
     assert code == 2 and heavy == [], err
     one_line_error(err, *needles)
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_introspect_runs_the_edit_chain_on_the_source(source, tmp_path, tiny_janus, monkeypatch, rounds):
+    """--introspect: each edit is evaluated by the model with the edit question and, on No, redrawn from
+    the edit_regen prefix, which holds the source's codes (the prepared source, encoded by the model's VQ)."""
+    from janus_eval import chain as chain_mod
+    from janus_train.sequences import SequenceBuilder
+
+    def load(path, config):  # the model never says Yes: every round regenerates
+        steps = original(path, config)
+        yes = steps.yes_ids[0]
+        steps.model.lm_head.register_forward_hook(
+            lambda m, a, out: out.clone().index_fill_(-1, torch.tensor([yes]), -1e4)
+        )
+        return steps
+
+    original = chain_mod.load_chain_steps
+    monkeypatch.setattr(edit_mod, "load_chain_steps", load)
+    built = []
+    for name in ("t2i", "judge", "regen"):
+        real = getattr(SequenceBuilder, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            sample = _real(self, *args, **kwargs)
+            built.append((_name, sample.task, kwargs.get("source")))
+            return sample
+
+        monkeypatch.setattr(SequenceBuilder, name, spy)
+    out = tmp_path / "out"
+    result = run_generate_edit(
+        "tiny:janus", source, INSTRUCTION, out, load_config("tiny"), n=2, introspect=True, rounds=rounds, progress=False
+    )
+    rows = read_generations(out)
+    assert result.total.chains == 2 and rows.height == 2 * (rounds + 1) and result.total.yes == 0
+    assert all(a == "No" and r.startswith("No") for a, r in zip(rows["answer"], rows["reason"], strict=True))
+    assert sorted(rows["round"].to_list()) == sorted(list(range(rounds + 1)) * 2)
+    # every sequence of the chain is an edit sequence, and it holds the prepared source's codes
+    with Image.open(out / SOURCE_FILE) as prepared:
+        from janus_data.vq import VQEncoder
+
+        want = VQEncoder(str(tiny_janus), torch.device("cpu"), torch.float32).encode([prepared.convert("RGB")])[0]
+    assert {task for _, task, _ in built} == {"edit", "edit_judge", "edit_regen"}
+    assert all(np.array_equal(src, want) for _, _, src in built)
+    # a rerun draws nothing
+    again = run_generate_edit(
+        "tiny:janus", source, INSTRUCTION, out, load_config("tiny"), n=2, introspect=True, rounds=rounds, progress=False
+    )
+    assert again.new.images == 0
 
 
 def test_the_manifest_reads_like_generate_s(source, tmp_path, tiny_janus):

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import cli
 import janus_data
-from janus_data.config import demo_prompts_path, load_config, preset_names
+from janus_data.config import DEMO_EDITS, demo_prompts_path, load_config, preset_names
+from janus_data.edit_sources import load_edits
 from janus_data.prompts import load_prompts
 
 site = Path(sys.argv[1]).resolve()
@@ -43,7 +44,9 @@ Path("mine.yaml").write_text("preset: official\\nsynth:\\n  images_per_prompt: 4
 mine = load_config("mine.yaml")
 prompts = demo_prompts_path()  # what `janus demo` runs on, with load_config("tiny")
 _, stats = load_prompts(prompts)
+_, edit_stats = load_edits(demo_prompts_path(DEMO_EDITS))  # the demo's edits, their images beside them
 print(json.dumps({
+    "edits": [edit_stats.unique, edit_stats.with_reference],
     "presets": preset_names(),
     "prompts_file": str(prompts.resolve()),
     "prompts": stats.unique,
@@ -98,5 +101,6 @@ def test_installed_wheel_runs_without_the_checkout(wheel: Path, tmp_path: Path) 
     assert result["presets"] == list(PRESETS)
     assert Path(result["prompts_file"]).is_relative_to(site.resolve())
     assert result["prompts"] == 8
+    assert result["edits"] == [4, 4]  # four sources, each with its reference edit
     assert result["tiny_device"] == "cpu"
     assert result["mine_images"] == 4 and result["mine_from_official"]

@@ -16,9 +16,17 @@ from procs import HANG_S
 from typer.testing import CliRunner
 
 from cli import app
-from janus_data.config import load_config
+from janus_data.config import DEMO_EDITS, load_config, to_dict, with_overrides
 from janus_data.manifest import read_manifest
-from janus_run.pipeline import STAGES, PipelineError, read_record, run_pipeline, stage_range
+from janus_run.pipeline import (
+    LATER_SETTINGS,
+    STAGES,
+    PipelineError,
+    fingerprint,
+    read_record,
+    run_pipeline,
+    stage_range,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["a red cube on a table", "two birds on a branch", "a cat on a blue sofa", "three green apples"]
@@ -65,6 +73,57 @@ def test_chain_runs_every_stage_then_skips_them_and_reruns_what_a_change_touches
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert [n.split(".")[0] for n in names] == ["rl", "rl", "sft", "sft"]  # fresh ones, old ones set aside
     assert all(n.split(".")[1].startswith("stale-") for n in names if "." in n)
+
+
+def test_edits_join_synth_score_and_filter_and_feed_sft_and_rl(tmp_path, prompts):
+    """With an edit source, synth, score and filter also run `--task edit`; SFT mixes the edit shards in
+    and GRPO runs edit steps. A rerun skips everything; adding edits to a text-to-image run re-runs from
+    synth, whose text-to-image half then has nothing left to draw."""
+    run = tmp_path / "run"
+    edit = {"images_per_source": 8, "threshold": 0.5}  # the demo's: the tiny judge gives every edit task samples
+    plain = load_config(str(config_file(tmp_path, run, prompts, edit=edit)))
+    assert statuses(run_pipeline(run, plain, prompts, progress=False, stop="score")) == {"synth": "ran", "score": "ran"}
+    # rl.edit_share 0.34 at seed 0: steps 0 and 1 edit, step 2 draws text-to-image
+    mixed = load_config(
+        str(config_file(tmp_path, run, prompts, edit=edit, sft={"edit_share": 0.3}, rl={"edit_share": 0.34}))
+    )
+    outcomes = run_pipeline(run, mixed, prompts, progress=False, edits=DEMO_EDITS)
+    assert statuses(outcomes) == dict.fromkeys(STAGES, "ran")
+    synth, score, filt = (next(o.result for o in outcomes if o.stage == s) for s in ("synth", "score", "filter"))
+    assert synth[0].generated == 0 and synth[1].generated == 4 * 8  # the t2i images were drawn before
+    assert score[1].task == "edit" and filt[1].task == "edit"
+    assert all((run / "sft_edit" / t).is_dir() for t in ("edit", "edit_judge", "edit_regen"))
+    sft = [json.loads(line) for line in (run / "checkpoints/sft/metrics.jsonl").read_text().splitlines()]
+    assert {"edit", "edit_judge", "edit_regen"} & {k for m in sft for k in m["loss"]}
+    rl = [json.loads(line) for line in (run / "checkpoints/rl/metrics.jsonl").read_text().splitlines()]
+    assert {m["edit"] for m in rl} == {0.0, 1.0}
+    assert statuses(run_pipeline(run, mixed, prompts, progress=False, edits=DEMO_EDITS)) == dict.fromkeys(
+        STAGES, "skipped"
+    )
+
+
+def test_new_settings_at_their_defaults_keep_old_records_valid():
+    """sft/rl settings added for edits are left out of the fingerprint at their defaults (runs recorded
+    before they existed are not redone); set, they count."""
+    cfg = load_config("tiny")
+    tree = to_dict(cfg)
+    for stage in ("sft", "rl"):
+        old = {k: v for k, v in tree[stage].items() if k not in LATER_SETTINGS[stage]}
+        assert fingerprint(cfg, stage, "up", None) == fingerprint_of(stage, old)
+        changed = with_overrides(cfg, {stage: {"edit_share": 0.5}})
+        assert fingerprint(changed, stage, "up", None) != fingerprint(cfg, stage, "up", None)
+
+
+def fingerprint_of(stage: str, section: dict) -> str:
+    """The fingerprint as it was computed before LATER_SETTINGS existed: the whole section."""
+    import hashlib
+
+    from janus_run.pipeline import _DEPENDS, _lookup
+
+    tree = to_dict(load_config("tiny"))
+    parts = {"stage": stage, "upstream": "up", "section": section}
+    parts["depends"] = {key: _lookup(tree, key) for key in _DEPENDS[stage]}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def official_on_tiny(tmp_path: Path, run: Path, prompts: Path) -> Path:
