@@ -44,4 +44,5 @@ floors: setup
 	$(BIN)/pip install -q --no-deps --target build/floors $(FLOORS)
 	PYTHONPATH=build/floors $(BIN)/pytest -p no:cacheprovider tests/test_fast_loop.py tests/test_janus_loop.py \
 	  tests/test_tiny_models.py tests/test_judge_hf.py tests/test_sft.py tests/test_kv_cache_keyword.py tests/test_flux_generator.py \
-	  tests/test_generate.py tests/test_detect.py tests/test_geneval.py tests/test_edit_generation.py
+	  tests/test_generate.py tests/test_detect.py tests/test_geneval.py tests/test_edit_generation.py \
+	  tests/test_grpo_edit.py tests/test_sft_edit.py tests/test_edit_judge.py tests/test_generate_edit.py

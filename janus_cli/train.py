@@ -61,6 +61,7 @@ def train_sft(
 
     Rerun the same command to continue; a finished run says so and does nothing.
     Example: torchrun --nproc-per-node 8 --no-python janus train sft --run-dir runs/r1
+    Edit samples too (sft.edit_share: 0.3 in my.yaml; docs/edit.md): janus train sft --run-dir runs/r1 --config my.yaml
     """
     quiet_libraries()
     from janus_data.rundir import load_run_config
@@ -99,6 +100,7 @@ def train_rl(
 
     Rerun the same command to continue; a finished run says so and does nothing.
     Example: torchrun --nproc-per-node 8 --no-python janus train rl --run-dir runs/r1 --endpoint http://judge:23333
+    Edit steps too (rl.edit_share: 0.3 in my.yaml; docs/edit.md): janus train rl --run-dir runs/r1 --config my.yaml
     """
     quiet_libraries()
     from janus_data.rundir import load_run_config

@@ -1,4 +1,4 @@
-"""The edit stages SIGKILLed mid-stage (kill_at.py), then rerun to completion (#18).
+"""The edit stages SIGKILLed mid-stage (kill_at.py), then rerun to completion (#18): synth, score, filter.
 
 `janus data synth --task edit` is killed just before its third candidate's manifest part is renamed
 into place (one candidate a batch): that candidate's bytes are already in its shard, its part is a
@@ -10,6 +10,8 @@ shard byte a row names must hash to the row's sha256.
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,7 +40,7 @@ def config(tmp_path: Path) -> Path:
     path.write_text(
         "preset: tiny\n"
         "synth:\n  janus:\n    batch_size: 1\n"
-        "edit:\n  kontext:\n    batch_size: 1\n"
+        "edit:\n  threshold: 0.4\n  kontext:\n    batch_size: 1\n"
         f"score:\n  batch_size: {SCORE_BATCH}\n"
     )
     return path
@@ -107,3 +109,30 @@ def test_synth_and_score_edit_killed_mid_stage_then_rerun_complete_once(tmp_path
     assert kept.height == first.height and kept["score_flw"].to_list() == kept["score_flw_first"].to_list()
     assert not list(run.rglob("*.tmp"))
     assert "nothing to do" in run_cli(score)
+
+    # filter --task edit: killed once the first task's shards are complete (its progress.json is
+    # published), and again just before the finished build replaces sft_edit/; each rerun ends with
+    # the bytes of an uninterrupted build.
+    clean = Path(shutil.copytree(run, tmp_path / "clean"))
+    run_cli(janus_args("filter", clean, cfg))
+    filt = janus_args("filter", run, cfg)
+    killed("*/sft_edit.build-*/edit/progress.json", 1, "after", filt)
+    assert not (run / "sft_edit").exists() and len(list(run.glob("sft_edit.build-*"))) == 1
+    killed("*/sft_edit", 1, "before", filt)
+    run_cli(filt)
+    resumed, uninterrupted = tree_hashes(run / "sft_edit"), tree_hashes(clean / "sft_edit")
+    states = [json.loads((r / "sft_edit" / "state.json").read_text()) for r in (run, clean)]
+    for state in states:  # what this call wrote differs (the rerun wrote only the rest); the rest is equal
+        for task in state["tasks"].values():
+            task.pop("written_now")
+    assert states[0] == states[1] and resumed.pop("state.json") and uninterrupted.pop("state.json")
+    assert resumed == uninterrupted and any(name.endswith(".tar") for name in resumed)
+    manifest = "manifests/edit_samples/edit_samples.parquet"
+    assert pl.read_parquet(run / manifest).equals(pl.read_parquet(clean / manifest))
+    assert not list(run.glob("sft_edit.*")) and not list(run.rglob("*.tmp"))
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
