@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from janus_data.config_train import SFTConfig, sft_task_weights
+from janus_data.config_train import RLConfig, SFTConfig, sft_task_weights
 from janus_data.errors import RunDirError
 from janus_data.janus_format import EDIT_TASKS, TASKS
 from janus_data.manifest import (
@@ -84,6 +84,23 @@ def require_sft_shards(run_dir: Path, scfg: SFTConfig | None = None) -> None:
         raise RunDirError(
             f"run {run_dir} has no edit SFT shards (sft.edit_share > 0)",
             hint="run `janus data filter --task edit` on it first, or set sft.edit_share to 0",
+        )
+
+
+def require_rl_inputs(run_dir: Path, rl: RLConfig) -> None:
+    """`janus train rl`'s prompts (unless every step edits) and, with rl.edit_share > 0, its edits."""
+    if rl.edit_share < 1:
+        require_rl_prompts(run_dir, rl.prompts)
+    if rl.edit_share <= 0:
+        return
+    if rl.edits:
+        from janus_data.edit_sources import check_edit_source
+
+        check_edit_source(Path(rl.edits))
+    elif not part_files(run_dir, EDITS_KIND):
+        raise RunDirError(
+            f"rl.edit_share is {rl.edit_share} but run {run_dir} has no edits",
+            hint="set rl.edits to an edit source file, run `janus data synth --task edit`, or set rl.edit_share 0",
         )
 
 

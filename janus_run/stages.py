@@ -20,7 +20,7 @@ from janus_data.checks import (
     require_images,
     require_manifests,
     require_report_inputs,
-    require_rl_prompts,
+    require_rl_inputs,
     require_sft_shards,
 )
 from janus_data.config import JanusRunConfig
@@ -163,8 +163,8 @@ def rl(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RLResult:
-    """`janus train rl`: the RL prompts (rl.prompts, else the run's), then the trainer (`rl.run_rl`)."""
-    require_rl_prompts(run_dir, cfg.rl.prompts)
+    """`janus train rl`: the RL prompts (rl.prompts, else the run's) and edits (rl.edit_share > 0), then the trainer."""
+    require_rl_inputs(run_dir, cfg.rl)
     from janus_train.rl import run_rl
 
     flags = {"resume": resume, "restart": restart, "from_base": from_base}

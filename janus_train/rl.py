@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from janus_data.checks import require_rl_prompts
+from janus_data.checks import require_rl_inputs
 from janus_data.config import JanusRunConfig, RLConfig, check_rl_logps, to_dict
 from janus_data.errors import RunDirError
 from janus_data.models import resolve_device, resolve_model
@@ -50,7 +50,7 @@ from janus_train.optim import rl_lr_lambda
 from janus_train.parallel import clip_gradients
 from janus_train.resume import POLICY_SOURCES, Start, asked_policy, start_policy
 from janus_train.rewards import rollout_rewards
-from janus_train.rl_edits import StepKinds, check_rl_edits, load_rl_edits, source_images
+from janus_train.rl_edits import StepKinds, load_rl_edits, source_images
 from janus_train.sequences import SequenceBuilder
 
 if TYPE_CHECKING:  # frames come from janus_data.prompts; the trainer itself needs no polars
@@ -129,9 +129,7 @@ def run_rl(
     clock = time.perf_counter()
     run_dir, rcfg = Path(run_dir), cfg.rl
     check_rl_logps(rcfg)  # before the judge check and the model loads
-    if rcfg.edit_share < 1:
-        require_rl_prompts(run_dir, rcfg.prompts)
-    check_rl_edits(run_dir, rcfg)
+    require_rl_inputs(run_dir, rcfg)
     target = max_steps if max_steps is not None else rcfg.max_steps
     device = resolve_device(cfg.runtime)
     dist = init_distributed(device)

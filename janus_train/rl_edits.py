@@ -64,26 +64,6 @@ class StepKinds:
         return edit, index
 
 
-def check_rl_edits(run_dir: Path, cfg: RLConfig) -> None:
-    """The edit source of the edit steps exists (in milliseconds, before any model loads)."""
-    if cfg.edit_share <= 0:
-        return
-    if cfg.edits:
-        from janus_data.edit_sources import check_edit_source
-
-        check_edit_source(Path(cfg.edits))
-    else:
-        from janus_data.checks import require_edits
-
-        try:
-            require_edits(run_dir)
-        except RunDirError as err:
-            raise RunDirError(
-                f"rl.edit_share is {cfg.edit_share} but {err.message}",
-                hint="set rl.edits to an edit source file, run `janus data synth --task edit`, or set rl.edit_share 0",
-            ) from None
-
-
 def load_rl_edits(run_dir: Path, cfg: RLConfig, skip_bad_images: bool = False) -> pl.DataFrame:
     """The edits of the edit steps, sorted by edit_id: edit_id, instruction, and `source_image`
     (bytes, from rl.edits) or null (read from the run's prepared source when the step needs it)."""

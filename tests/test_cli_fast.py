@@ -50,6 +50,8 @@ def inputs(tmp_path: Path) -> Path:
     (tmp_path / "typo.yaml").write_text("preset: tiny\nsynth:\n  images_per_promt: 4\n")
     (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "a red cube"}) + "\n")
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    (tmp_path / "edit_rl.yaml").write_text("preset: tiny\nrl:\n  edit_share: 1.0\n")
+    (tmp_path / "bad_share.yaml").write_text("preset: tiny\nsft:\n  edit_share: 1.5\n")
     return tmp_path
 
 
@@ -70,6 +72,9 @@ BAD_INPUTS = {
     "filter without manifests": (["data", "filter", "--run", "{tmp}/missing"], "no prompts manifest"),
     "sft without shards": (["train", "sft", "--run", "{tmp}/missing"], "no SFT shards"),
     "rl without prompts": (["train", "rl", "--run", "{tmp}/missing", "--config", "tiny"], "has no prompts"),
+    "edit-only rl without edits": (["train", "rl", "--run", "{tmp}/r", "--config", "{tmp}/edit_rl.yaml"], "no edits"),
+    "edit filter without edit scores": (["data", "filter", "--task", "edit", "--run", "{tmp}/r"], "edit"),
+    "edit share out of range": (["train", "sft", "--run", "{tmp}/r", "--config", "{tmp}/bad_share.yaml"], "edit_share"),
     "report of a missing run": (["data", "report", "--run", "{tmp}/missing"], "does not exist"),
     "chain with a missing prompt file": (
         ["run", "--config", "tiny", "--run", "{tmp}/r", "--prompts", "missing.jsonl"],
