@@ -197,12 +197,18 @@ def npy_bytes(codes: np.ndarray) -> bytes:
 def sample_members(task: str, rows: list[dict], run_dir: Path, encode, fcfg: FilterConfig, vq_model: str):
     """(key, {extension: bytes}) of each row: JSON, image bytes, and VQ codes where the trainer needs them."""
     roles = kind_of(task).roles(task)
-    blobs = {role: [_image_bytes(run_dir, r, suffix) for r in rows] for role, suffix, _ in roles}
-    codes = {}
-    for role, _, needs_codes in roles:
+    blobs, codes = {}, {}
+    for role, suffix, needs_codes in roles:
+        # An edit's prepared source repeats across its samples: read and encoded once per batch.
+        keys = [r["prompt_id"] if role == SOURCE_ROLE[0] else i for i, r in enumerate(rows)]
+        first: dict = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        read = {key: _image_bytes(run_dir, rows[i], suffix) for key, i in first.items()}
+        blobs[role] = [read[key] for key in keys]
         if needs_codes:
-            pil = [Image.open(io.BytesIO(b)) for b in blobs[role]]
-            codes[role] = encode(pil)
+            encoded = dict(zip(read, encode([Image.open(io.BytesIO(b)) for b in read.values()]), strict=True))
+            codes[role] = [encoded[key] for key in keys]
     out = []
     for i, row in enumerate(rows):
         record = _record(task, row, fcfg, vq_model)
