@@ -166,6 +166,12 @@ class TaskMixer:
         self._shards: dict[str, list[Path]] = {}
         for t in self.tasks:
             shards = list_shards(self._dirs[t])
+            if not shards and (self._dirs[t].parent / "state.json").is_file():  # built, and the task is empty
+                setting = "sft.edit_mix" if t in EDIT_TASKS else "sft.mix"
+                raise DataError(
+                    f"the filter found no sample of task {t} (under {self._dirs[t]})",
+                    hint=f"give {t} weight 0 in {setting}, or build more data (more candidates, another threshold)",
+                )
             if not shards:
                 raise DataError(f"no shards for task {t} under {self._dirs[t]}", hint=_hint(t))
             self._shards[t] = shards

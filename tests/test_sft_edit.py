@@ -229,6 +229,11 @@ def test_missing_edit_shards_fail_with_one_line(data, tmp_path) -> None:
     with pytest.raises(DataError, match="no shards for task edit_judge") as err:
         TaskMixer(run / SFT_DIR, weights, edit_dir=partial)
     assert "janus data filter --task edit" in one_line(err)
+    (partial / STATE_FILE).write_text("{}")  # the filter finished: edit_judge is empty, not missing
+    with pytest.raises(DataError, match="the filter found no sample of task edit_judge") as err:
+        TaskMixer(run / SFT_DIR, weights, edit_dir=partial)
+    assert "weight 0 in sft.edit_mix" in one_line(err)
+    (partial / STATE_FILE).unlink()
     # a weight-0 edit task needs no shards; no t2i weight: no sft directory at all
     only = sft_task_weights(SFTConfig(edit_share=1.0, edit_mix=(1, 0, 0)))
     assert TaskMixer(None, only, edit_dir=partial).tasks == ["edit"]
