@@ -521,6 +521,19 @@ def test_released_schedule_through_lambda_lr_first_update_at_zero():
     assert not torch.equal(weight.detach(), torch.ones(3))
 
 
+def two_processes_vs_one(run: Path, single: Path, tiny_janus: Path, tmp_path: Path, steps: int, **rl) -> float:
+    """`steps` GRPO steps as two torchrun processes of 1 prompt each (in `run`) and as one process of 2
+    (in `single`); the share of weights more than lr / 10 apart (`procs.mismatched_share`)."""
+    run_rl(single, cfg(max_steps=steps, prompts_per_step=2, **rl), init=str(tiny_janus), progress=False)
+    base = {"max_steps": steps, "prompts_per_step": 1, "group_size": 4, "micro_batch": 3, "save_every": 1}
+    overrides = tmp_path / "ddp.yaml"
+    overrides.write_text(json.dumps({"preset": "tiny", "rl": {"model": str(tiny_janus), **base, **rl}}))
+    res = torchrun("train", "rl", "--run-dir", str(run), "--config", str(overrides), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = (load_file(r / f"checkpoints/rl/step-{steps:06d}/model.safetensors") for r in (run, single))
+    return mismatched_share(a, b, cfg().rl.lr)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_equal_one_with_the_same_global_batch(run, tiny_janus, tmp_path, parallel):
@@ -528,18 +541,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(run, tiny_janus, tmp
     is the global batch's, so 2 x 1 prompt per step trains what 1 x 2 prompts does. Under FSDP2
     the policy is sharded and the rollouts run on a whole copy refreshed after each update."""
     single = Path(shutil.copytree(run, tmp_path / "single"))
-    run_rl(single, cfg(max_steps=2, prompts_per_step=2), init=str(tiny_janus), progress=False)
-    overrides = tmp_path / "ddp.yaml"
-    overrides.write_text(
-        "preset: tiny\n"
-        f"rl: {{model: {tiny_janus}, max_steps: 2, prompts_per_step: 1, group_size: 4, micro_batch: 3, save_every: 1,"
-        f" parallel: {parallel}}}\n"
-    )
-    res = torchrun("train", "rl", "--run-dir", str(run), "--config", str(overrides), "--no-progress")
-    assert res.returncode == 0, res.stderr[-3000:]
-    a = load_file(run / "checkpoints/rl/step-000002/model.safetensors")
-    b = load_file(single / "checkpoints/rl/step-000002/model.safetensors")
-    share = mismatched_share(a, b, cfg().rl.lr)
+    share = two_processes_vs_one(run, single, tiny_janus, tmp_path, 2, parallel=parallel)
     print(f"two processes vs one: {share:.1e} of the weights more than lr / 10 apart")
     assert share < 1e-3, share
     for x, y in zip(metrics(run), metrics(single), strict=True):

@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from procs import mismatched_share, torchrun
-from safetensors.torch import load_file
-from test_grpo import codebook_scorer
+from test_grpo import codebook_scorer, two_processes_vs_one
 from transformers import AutoImageProcessor, JanusForConditionalGeneration
 
 from janus_data.config import load_config, with_overrides
@@ -250,18 +248,7 @@ def test_two_processes_run_edit_steps_as_one_does(run, edits_file, tiny_janus, t
     InternVL in process, both images in each question)."""
     single = Path(shutil.copytree(run, tmp_path / "single"))
     edits = {"edit_share": 0.34, "edits": str(edits_file)}  # seed 0: steps 0 and 1 edit, step 2 draws t2i
-    run_rl(single, cfg(max_steps=3, prompts_per_step=2, **edits), init=str(tiny_janus), progress=False)
-    overrides = tmp_path / "ddp.yaml"
-    overrides.write_text(
-        "preset: tiny\n"
-        f"rl: {{model: {tiny_janus}, max_steps: 3, prompts_per_step: 1, group_size: 4, micro_batch: 4, save_every: 1,"
-        f" edit_share: 0.34, edits: {edits_file}}}\n"
-    )
-    res = torchrun("train", "rl", "--run-dir", str(run), "--config", str(overrides), "--no-progress")
-    assert res.returncode == 0, res.stderr[-3000:]
-    a = load_file(run / "checkpoints/rl/step-000003/model.safetensors")
-    b = load_file(single / "checkpoints/rl/step-000003/model.safetensors")
-    share = mismatched_share(a, b, cfg().rl.lr)
+    share = two_processes_vs_one(run, single, tiny_janus, tmp_path, 3, **edits)
     print(f"edit steps, two processes vs one: {share:.1e} of the weights more than lr / 10 apart")
     assert share < 1e-3, share
     mine, theirs = metrics(run), metrics(single)
