@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from janus_data.errors import PromptError, one_line
-from janus_data.prompt_sources import _clean_tags, _decode_utf8, _lines
+from janus_data.prompt_sources import _clean_tags, _decode_utf8, _lines, _read_parquet
 
 if TYPE_CHECKING:
     import polars as pl
@@ -64,7 +64,7 @@ def read_edit_rows(path: Path, source: str) -> tuple[Iterator[RawEdit], Path]:
     if suffix in _JSONL_SUFFIXES:
         return _jsonl_rows(_read_bytes(path, source), source), path.parent
     if suffix == ".parquet":
-        return _table_rows(_read_parquet(path, source), source, _RENAME), path.parent
+        return _table_rows(_read_parquet(path, source, EditSourceError), source, _RENAME), path.parent
     if suffix == ".tar":
         return _shard_rows([path], source, single=True), path.parent
     raise EditSourceError(
@@ -127,18 +127,6 @@ def _checked(where: str, obj: dict, hint: str, label: str) -> RawEdit:
 
 def _text_id(raw: Any) -> str | None:
     return None if raw is None else str(raw)
-
-
-def _read_parquet(path: Path, source: str) -> pl.DataFrame:
-    import polars as pl
-
-    try:
-        return pl.read_parquet(path)
-    except Exception as err:
-        raise EditSourceError(
-            f"cannot read {source} as Parquet: {one_line(err, 200)}",
-            hint="check that it is a whole Parquet file (a copy cut short cannot be read)",
-        ) from None
 
 
 def _table_rows(df: pl.DataFrame, source: str, hint: str) -> Iterator[RawEdit]:

@@ -128,13 +128,14 @@ def _clean_tags(value: Any, split_str: bool) -> list[str] | None:
     return [t for t in (p.strip() for p in parts) if t]
 
 
-def _read_parquet(path: Path, source: str) -> pl.DataFrame:
+def _read_parquet(path: Path, source: str, error: type[PromptError] = PromptError) -> pl.DataFrame:
+    """The Parquet file as a frame, or `error` (one line) for a file polars cannot read."""
     import polars as pl
 
     try:
         return pl.read_parquet(path)
     except Exception as err:
-        raise PromptError(
+        raise error(
             f"cannot read {source} as Parquet: {one_line(err, _MAX_ERROR_CHARS)}",
             hint="check that it is a whole Parquet file (a copy cut short cannot be read)",
         ) from None

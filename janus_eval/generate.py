@@ -10,7 +10,7 @@ was drawn in, and a rerun (or a larger --n) only adds what is missing (`gen_mani
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,10 +219,7 @@ def run_generate(
     prompt file or a `load_prompts` frame; n, introspect, rounds default to `cfg.eval`'s."""
     start = time.perf_counter()
     out = Path(out)
-    n = cfg.eval.images_per_prompt if n is None else n
-    introspect = cfg.eval.introspect if introspect is None else introspect
-    rounds = cfg.eval.rounds if rounds is None else rounds
-    check_counts(n, rounds)
+    n, introspect, rounds = chain_options(cfg, n, introspect, rounds)
     ckpt = resolve_checkpoint(checkpoint, run_dir, cfg)
     if not isinstance(prompts, pl.DataFrame):
         check_prompt_file(prompts)
@@ -232,22 +229,59 @@ def run_generate(
     check_settings(out, drawing_settings(ckpt, cfg, introspect, rounds))
     result = GenerateResult(out, ckpt, prompts.height, n, introspect, rounds)
     result.repaired = drop_incomplete_chains(out)
-    plan = plan_chains(prompts, n, cfg.eval.seed)
-    done = read_generations(out).select(CHAIN_KEY).unique()
-    todo = plan.join(done, on=list(CHAIN_KEY), how="anti").sort("order", "sample")
-    result.planned, result.existing = plan.height, plan.height - todo.height
+    todo = remaining(result, plan_chains(prompts, n, cfg.eval.seed))
     if todo.height:
         chain = IntrospectiveChain(load_chain_steps(ckpt.path, cfg), introspect, rounds)
-        new = []
-        with stage_progress(progress) as bars:
-            task = bars.add_task(f"generate {ckpt.label}", total=todo.height, unit="chain")
-            for batch in batches(todo, cfg.synth.janus.batch_size):
-                t0 = time.perf_counter()
-                chains = chain.run(batch["prompt"].to_list(), batch["seed"].to_list())
-                result.draw_seconds += time.perf_counter() - t0
-                new.append(write_batch(out, ckpt, batch, chains))
-                bars.advance(task, batch.height)
+
+        def draw(batch: pl.DataFrame) -> list[list[ChainImage]]:
+            return chain.run(batch["prompt"].to_list(), batch["seed"].to_list())
+
+        draw_all(result, todo, draw, cfg.synth.janus.batch_size, f"generate {ckpt.label}", "chain", progress)
+    return finish(result, start)
+
+
+def chain_options(cfg: JanusRunConfig, n: int | None, introspect: bool | None, rounds: int | None):
+    """(n, introspect, rounds), each defaulting to `cfg.eval`'s, checked."""
+    n = cfg.eval.images_per_prompt if n is None else n
+    introspect = cfg.eval.introspect if introspect is None else introspect
+    rounds = cfg.eval.rounds if rounds is None else rounds
+    check_counts(n, rounds)
+    return n, introspect, rounds
+
+
+def remaining(result: GenerateResult, plan: pl.DataFrame) -> pl.DataFrame:
+    """The planned chains OUT does not hold yet, in drawing order; counts them into `result`."""
+    done = read_generations(result.out).select(CHAIN_KEY).unique()
+    todo = plan.join(done, on=list(CHAIN_KEY), how="anti").sort("order", "sample")
+    result.planned, result.existing = plan.height, plan.height - todo.height
+    return todo
+
+
+def draw_all(
+    result: GenerateResult,
+    todo: pl.DataFrame,
+    draw: Callable[[pl.DataFrame], list[list[ChainImage]]],
+    batch_size: int,
+    label: str,
+    unit: str,
+    progress: bool | None,
+) -> None:
+    """Draw `todo` in batches with `draw`, each batch's images and rows written as it finishes (`write_batch`)."""
+    new = []
+    with stage_progress(progress) as bars:
+        task = bars.add_task(label, total=todo.height, unit=unit)
+        for batch in batches(todo, batch_size):
+            t0 = time.perf_counter()
+            chains = draw(batch)
+            result.draw_seconds += time.perf_counter() - t0
+            new.append(write_batch(result.out, result.checkpoint, batch, chains))
+            bars.advance(task, batch.height)
+    if new:
         result.new = GenerationCounts.of(pl.concat(new))
-    result.total = GenerationCounts.of(read_generations(out))
+
+
+def finish(result: GenerateResult, start: float) -> GenerateResult:
+    """What OUT holds in all, and the call's wall time."""
+    result.total = GenerationCounts.of(read_generations(result.out))
     result.seconds = time.perf_counter() - start
     return result

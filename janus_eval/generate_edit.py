@@ -15,6 +15,7 @@ to `rounds` times: `chain.IntrospectiveChain` with the source's codes, as GRPO's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import time
@@ -29,13 +30,20 @@ from janus_data.config import JanusRunConfig
 from janus_data.edit_sources import edit_id_for
 from janus_data.generators.janus_edit import center_crop
 from janus_data.manifest import atomic_write
-from janus_data.progress import stage_progress
 from janus_data.prompts import normalise_prompt, prompt_schema
 from janus_eval.chain import ChainImage, IntrospectiveChain, load_chain_steps
 from janus_eval.checkpoints import EvalCheckpoint, resolve_checkpoint
-from janus_eval.gen_checks import check_counts, check_edit_args, check_edit_image, check_out
-from janus_eval.gen_manifest import CHAIN_KEY, check_settings, clean_out, drop_incomplete_chains, read_generations
-from janus_eval.generate import GenerateResult, GenerationCounts, batches, drawing_settings, plan_chains, write_batch
+from janus_eval.gen_checks import check_edit_args, check_edit_image, check_out
+from janus_eval.gen_manifest import check_settings, clean_out, drop_incomplete_chains
+from janus_eval.generate import (
+    GenerateResult,
+    chain_options,
+    draw_all,
+    drawing_settings,
+    finish,
+    plan_chains,
+    remaining,
+)
 
 EDIT_STREAM = "edit"  # derive_seed's `generator` field for edit chains
 SOURCE_FILE = "edit_source.png"
@@ -115,10 +123,7 @@ def run_generate_edit(
     sequences of SFT and GRPO, `chain.IntrospectiveChain` with sources)."""
     start = time.perf_counter()
     out = Path(out)
-    n = cfg.eval.images_per_prompt if n is None else n
-    introspect = cfg.eval.introspect if introspect is None else introspect
-    rounds = cfg.eval.rounds if rounds is None else rounds
-    check_counts(n, rounds)
+    n, introspect, rounds = chain_options(cfg, n, introspect, rounds)
     edit = EditRequest.read(image, instruction)
     ckpt = resolve_checkpoint(checkpoint, run_dir, cfg)
     check_out(out)
@@ -126,10 +131,7 @@ def run_generate_edit(
     check_settings(out, edit_settings(ckpt, cfg, edit, introspect, rounds))
     result = GenerateResult(out, ckpt, 1, n, introspect=introspect, rounds=rounds)
     result.repaired = drop_incomplete_chains(out)
-    plan = plan_chains(edit.frame(), n, cfg.eval.seed, EDIT_STREAM)
-    done = read_generations(out).select(CHAIN_KEY).unique()
-    todo = plan.join(done, on=list(CHAIN_KEY), how="anti").sort("order", "sample")
-    result.planned, result.existing = plan.height, plan.height - todo.height
+    todo = remaining(result, plan_chains(edit.frame(), n, cfg.eval.seed, EDIT_STREAM))
     if todo.height or not (out / SOURCE_FILE).is_file():
         editor = load_editor(ckpt, cfg) if not introspect else EditChain(ckpt, cfg, rounds)
         with Image.open(edit.image) as opened:
@@ -137,20 +139,9 @@ def run_generate_edit(
         prepared = editor.prepare_sources([source])
         atomic_write(out / SOURCE_FILE, lambda fh: prepared[0].save(fh, format="PNG"))
         source_codes = editor.encode_sources(prepared)  # (1, N): encoded alone, whatever the batch
-        new = []
-        with stage_progress(progress) as bars:
-            task = bars.add_task(f"edit {ckpt.label}", total=todo.height, unit="image")
-            for batch in batches(todo, cfg.synth.janus.batch_size):
-                t0 = time.perf_counter()
-                chains = draw_batch(editor, source_codes, batch)
-                result.draw_seconds += time.perf_counter() - t0
-                new.append(write_batch(out, ckpt, batch, chains))
-                bars.advance(task, batch.height)
-        if new:
-            result.new = GenerationCounts.of(pl.concat(new))
-    result.total = GenerationCounts.of(read_generations(out))
-    result.seconds = time.perf_counter() - start
-    return result
+        draw = functools.partial(draw_batch, editor, source_codes)
+        draw_all(result, todo, draw, cfg.synth.janus.batch_size, f"edit {ckpt.label}", "image", progress)
+    return finish(result, start)
 
 
 class EditChain:

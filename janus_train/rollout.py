@@ -185,8 +185,11 @@ class ChainSteps:
         shapes a source) -> ((B, N) codes of its own VQ, (B, H, W, 3) uint8 pixels of the crops)."""
         from janus_data.generators.janus_edit import center_crop
 
-        crops = [center_crop(im, self.vq.image_size).convert("RGB") for im in images]
-        return self.vq.encode(crops), np.stack([np.asarray(c, dtype=np.uint8) for c in crops])
+        unique = {id(im): im for im in images}  # a group's rows share one image object: encoded once
+        crops = {key: center_crop(im, self.vq.image_size).convert("RGB") for key, im in unique.items()}
+        codes = dict(zip(crops, self.vq.encode(list(crops.values())), strict=True))
+        rows = [id(im) for im in images]
+        return np.stack([codes[k] for k in rows]), np.stack([np.asarray(crops[k], dtype=np.uint8) for k in rows])
 
     def decode(self, tokens: torch.Tensor) -> np.ndarray:
         """(B, N) image tokens -> (B, H, W, 3) uint8 pixels."""

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import kill_at
 import pytest
+import runs
 import yaml
 from procs import HANG_S
 from transformers import AutoConfig
@@ -23,10 +24,7 @@ from typer.testing import CliRunner
 from cli import app
 from janus_data.config import load_config, to_dict, with_overrides
 from janus_data.errors import RunDirError
-from janus_data.filter import run_filter
 from janus_data.prompts import load_prompts, write_prompts_manifest
-from janus_data.score import run_score
-from janus_data.synth import run_synth
 from janus_run.pipeline import run_pipeline
 from janus_train.checkpoint import CheckpointError
 from janus_train.resume import set_aside, settings
@@ -61,14 +59,7 @@ def config_file(tmp_path: Path, **sections) -> Path:
 
 @pytest.fixture(scope="module")
 def filtered_run(tmp_path_factory, janus_cache) -> Path:
-    root = tmp_path_factory.mktemp("rerun")
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    run = root / "run"
-    run_synth(run, cfg(), prompts, progress=False)
-    run_score(run, cfg(), progress=False)
-    run_filter(run, cfg(), progress=False)
-    return run
+    return runs.filtered_run(tmp_path_factory.mktemp("rerun"), cfg(), PROMPTS)
 
 
 @pytest.fixture

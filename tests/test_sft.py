@@ -12,15 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import runs
 import torch
 from procs import HANG_S, mismatched_share, torchrun
 from safetensors.torch import load_file
 
 from janus_data.config import load_config, with_overrides
 from janus_data.errors import ConfigError, RunDirError
-from janus_data.filter import run_filter
-from janus_data.score import run_score
-from janus_data.synth import run_synth
 from janus_train.checkpoint import CheckpointError, latest_checkpoint
 from janus_train.core import FROZEN, TRAINABLE, TrainError, module_of
 from janus_train.data import DataError
@@ -44,14 +42,7 @@ def cfg(**sft):
 
 @pytest.fixture(scope="module")
 def filtered_run(tmp_path_factory, janus_cache) -> Path:
-    root = tmp_path_factory.mktemp("sft")
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    run = root / "run"
-    run_synth(run, cfg(), prompts, progress=False)
-    run_score(run, cfg(), progress=False)
-    run_filter(run, cfg(), progress=False)
-    return run
+    return runs.filtered_run(tmp_path_factory.mktemp("sft"), cfg(), PROMPTS)
 
 
 @pytest.fixture

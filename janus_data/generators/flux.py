@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from diffusers import FluxPipeline
 from PIL import Image
 
 from janus_data.config import FluxGenConfig
+from janus_data.config_stages import DiffusersSpeedConfig
 from janus_data.models import loading, resolve_model
 from janus_data.progress import quiet_diffusers
 
@@ -43,6 +45,12 @@ def load_flux(ref: str, device: torch.device, dtype: torch.dtype) -> FluxPipelin
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_sped_up(load: Callable[[], Any], cfg: DiffusersSpeedConfig) -> Any:
+    """Refuse a bad `cfg.sdpa_backend` name before loading, then `load()` the pipeline with cfg's speed settings."""
+    sdpa_context(cfg.sdpa_backend)  # refuse a bad name now, not at the first batch
+    return speed_up(load(), fuse_qkv=cfg.fuse_qkv, compile=cfg.compile, channels_last_vae=cfg.channels_last_vae)
 
 
 def speed_up(
@@ -83,13 +91,7 @@ class FluxGenerator:
         self.model_id = cfg.model
         self.device = device
         self.sdpa_backend = cfg.sdpa_backend
-        sdpa_context(self.sdpa_backend)  # refuse a bad name now, not at the first batch
-        self.pipe = speed_up(
-            load_flux(cfg.model, device, dtype),
-            fuse_qkv=cfg.fuse_qkv,
-            compile=cfg.compile,
-            channels_last_vae=cfg.channels_last_vae,
-        )
+        self.pipe = load_sped_up(lambda: load_flux(cfg.model, device, dtype), cfg)
 
     def generate(
         self, prompts: list[str], seeds: list[int], sizes: list[tuple[int, int]] | None = None

@@ -31,7 +31,7 @@ from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RES
 from PIL import Image
 
 from janus_data.config import KontextGenConfig
-from janus_data.generators.flux import sdpa_context, speed_up
+from janus_data.generators.flux import load_sped_up, sdpa_context
 from janus_data.models import loading, resolve_model
 from janus_data.progress import quiet_diffusers
 
@@ -73,13 +73,7 @@ class KontextEditor:
         self.model_id = cfg.model
         self.device = device
         self.sdpa_backend = cfg.sdpa_backend
-        sdpa_context(self.sdpa_backend)  # refuse a bad name now, not at the first batch
-        self.pipe = speed_up(
-            load_kontext(cfg.model, device, dtype),
-            fuse_qkv=cfg.fuse_qkv,
-            compile=cfg.compile,
-            channels_last_vae=cfg.channels_last_vae,
-        )
+        self.pipe = load_sped_up(lambda: load_kontext(cfg.model, device, dtype), cfg)
         self.multiple = self.pipe.vae_scale_factor * 2  # VAE downsampling x 2x2 latent packing
 
     def size_for(self, source: Image.Image) -> tuple[int, int]:
