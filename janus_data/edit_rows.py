@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from janus_data.errors import PromptError, one_line
-from janus_data.prompt_sources import _clean_tags, _decode_utf8, _lines, _read_parquet
+from janus_data.errors import PromptError
+from janus_data.prompt_sources import _clean_tags, _decode_utf8, _lines, _read_parquet, load_saved_split
 
 if TYPE_CHECKING:
     import polars as pl
@@ -151,21 +151,7 @@ def _dataset_rows(path: Path, source: str) -> Iterator[RawEdit]:
     """Rows of a `datasets` save_to_disk folder (its 'train' split, or its only one); Image features as {bytes, path}."""
     import datasets
 
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as err:
-        raise EditSourceError(
-            f"cannot load {source} as a saved dataset: {one_line(err, 200)}",
-            hint="re-save it with Dataset.save_to_disk or DatasetDict.save_to_disk",
-        ) from None
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded)
-        if "train" not in loaded and len(splits) != 1:
-            raise EditSourceError(
-                f"{source} holds splits {', '.join(splits)} and no 'train' split",
-                hint=f"save the split you want on its own, e.g. dd[{splits[0]!r}].save_to_disk('edits_ds')",
-            )
-        loaded = loaded["train" if "train" in loaded else splits[0]]
+    loaded = load_saved_split(path, source, EditSourceError, "edits_ds")
     wanted = [c for c in _COLUMNS if c in loaded.column_names]
     loaded = loaded.select_columns(wanted)
     for column, feature in loaded.features.items():

@@ -128,6 +128,28 @@ def _clean_tags(value: Any, split_str: bool) -> list[str] | None:
     return [t for t in (p.strip() for p in parts) if t]
 
 
+def load_saved_split(path: Path, source: str, error: type[PromptError], example: str):
+    """A `save_to_disk` folder's Dataset: its 'train' split, or its only one; `error` (one line) otherwise."""
+    import datasets  # lazy: importing datasets costs about half a second
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as err:
+        raise error(
+            f"cannot load {source} as a saved dataset: {one_line(err, _MAX_ERROR_CHARS)}",
+            hint="re-save it with Dataset.save_to_disk or DatasetDict.save_to_disk",
+        ) from None
+    if not isinstance(loaded, datasets.DatasetDict):
+        return loaded
+    splits = list(loaded)
+    if "train" not in loaded and len(splits) != 1:
+        raise error(
+            f"{source} holds splits {', '.join(splits)} and no 'train' split",
+            hint=f"save the split you want on its own, e.g. dd[{splits[0]!r}].save_to_disk('{example}')",
+        )
+    return loaded["train" if "train" in loaded else splits[0]]
+
+
 def _read_parquet(path: Path, source: str, error: type[PromptError] = PromptError) -> pl.DataFrame:
     """The Parquet file as a frame, or `error` (one line) for a file polars cannot read."""
     import polars as pl
@@ -209,26 +231,7 @@ def _dataset_rows(path: Path, source: str) -> Iterator[Row]:
             f"{source} is a directory but not a dataset saved with Hugging Face datasets",
             hint="pass a .jsonl, .txt, .parquet or .csv file, or a directory written by Dataset.save_to_disk",
         )
-    import datasets  # lazy: importing datasets costs about half a second
-
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except Exception as err:
-        raise PromptError(
-            f"cannot load {source} as a saved dataset: {one_line(err, _MAX_ERROR_CHARS)}",
-            hint="re-save it with Dataset.save_to_disk or DatasetDict.save_to_disk",
-        ) from None
-    if isinstance(loaded, datasets.DatasetDict):
-        splits = list(loaded)
-        if "train" in loaded:
-            loaded = loaded["train"]
-        elif len(splits) == 1:
-            loaded = loaded[splits[0]]
-        else:
-            raise PromptError(
-                f"{source} holds splits {', '.join(splits)} and no 'train' split",
-                hint=f"save the split you want on its own, e.g. dd[{splits[0]!r}].save_to_disk('prompts_ds')",
-            )
+    loaded = load_saved_split(path, source, PromptError, "prompts_ds")
     hint = "rename the column holding the text: ds.rename_column('text', 'prompt').save_to_disk(...)"
     _require_prompt_column(loaded.column_names, source, hint)
     wanted = [c for c in ("prompt", "id", "tags") if c in loaded.column_names]
